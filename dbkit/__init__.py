@@ -1,0 +1,7 @@
+"""dbkit: give a PostgreSQL-backed application its own database.
+
+The library is the product; ``dbkit.cli`` is a thin skin over it. Heavy imports
+(psycopg, yoyo) stay inside the functions that need them so ``dbkit --help`` is fast.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from dbkit.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""dbkit create / drop."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dbkit.cli import cli, confirm, emit, settings
+
+
+@cli.command()
+@click.option("--app-role", default=None, help="Also create a DML-only role for the application "
+              "(DBKIT_APP_ROLE).")
+@click.option("--connection-limit", type=click.IntRange(min=-1), default=None,
+              help="CONNECTION LIMIT for the owner role.")
+@click.option("--password-stdin", is_flag=True, help="Read the owner role's password from stdin.")
+@click.option("--rotate-password", is_flag=True, help="Set a new password on an existing role.")
+@click.option("--print-url", is_flag=True,
+              help="Print the full DATABASE_URL (with a generated password) instead of writing .env.")
+@click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None,
+              help="Retry for up to SECONDS until the server accepts connections.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL plan (passwords masked); change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def create(app_role: str | None, connection_limit: int | None, password_stdin: bool,
+           rotate_password: bool, print_url: bool, local: bool, wait_s: float | None,
+           dry_run: bool, as_json: bool) -> None:
+    """Create the role and database named in DATABASE_URL (idempotent)."""
+    from dbkit import provision
+    from dbkit.db import admin_url, wait_for
+
+    s = settings(app_role=app_role, local=local)
+    password = _read_password() if password_stdin else None
+    if wait_s:
+        wait_for(admin_url(s), s, wait_s)
+    result = provision.create(s, dry_run=dry_run, password=password, rotate=rotate_password,
+                              connection_limit=connection_limit, print_url=print_url)
+    emit(result.as_dict(), as_json, _render(result))
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Terminate open connections to the database.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--app-role", default=None, help="Also drop this app role (DBKIT_APP_ROLE).")
+@click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
+@click.option("--dry-run", is_flag=True, help="Print what would be dropped; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def drop(force: bool, yes: bool, app_role: str | None, local: bool, dry_run: bool,
+         as_json: bool) -> None:
+    """Drop the database and role(s) named in DATABASE_URL (the inverse of create)."""
+    from dbkit import provision
+
+    s = settings(app_role=app_role, local=local)
+    url = s.app_url()
+    if not dry_run:
+        confirm(f"Drop database {url.dbname!r} and role {url.user!r}?", yes)
+    result = provision.drop(s, force=force, dry_run=dry_run)
+    emit(result.as_dict(), as_json, _render(result, verb="dropped"))
+
+
+def _read_password() -> str:
+    from dbkit.errors import ConfigError
+
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise ConfigError("--password-stdin was given but standard input is empty")
+    return line
+
+
+def _render(result, verb: str = "created") -> str:  # noqa: ANN001 - provision.Result
+    lines: list[str] = []
+    if result.dry_run:
+        lines.append("-- dry run: nothing changed. Plan:")
+        lines += [f"{stmt};" for stmt in result.statements] or ["-- nothing to do"]
+        return "\n".join(lines)
+    for item in result.created:
+        lines.append(f"{verb} {item}")
+    if verb == "dropped":
+        lines += [f"dropped {item}" for item in result.existed]
+        return "\n".join(lines) or "nothing to drop"
+    for item in result.existed:
+        lines.append(f"exists  {item}")
+    if result.created or result.statements:
+        lines.append(f"applied {len(result.statements)} statement(s)")
+    else:
+        lines.append("nothing to do: already up to date")
+    lines.append(f"DATABASE_URL={result.url}")
+    if result.env_file:
+        lines.append(f"written to {result.env_file}")
+    if result.printed_url:
+        lines.append(result.printed_url)
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Connections: one place that turns a DbURL into a psycopg connection and driver errors into
+dbkit's named errors, and that decides which server is the admin server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dbkit.errors import ConfigError, ConnectError
+from dbkit.urls import DbURL
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from dbkit.settings import Settings
+
+log = logging.getLogger("dbkit")
+
+
+def connect(url: DbURL, settings: Settings, *, dbname: str | None = None,
+            autocommit: bool = False, timeout: float | None = None) -> psycopg.Connection:
+    import psycopg
+
+    kw = url.connect_kwargs(dbname)
+    kw.setdefault("connect_timeout", str(max(1, round(timeout or float(settings.connect_timeout)))))
+    kw.setdefault("application_name", "dbkit")
+    shown = url.with_(dbname=dbname or url.dbname)
+    log.debug("connecting to %s", shown)
+    try:
+        return psycopg.connect(autocommit=autocommit, **kw)
+    except psycopg.OperationalError as exc:
+        raise connect_error(exc, shown) from None
+    except psycopg.ProgrammingError as exc:  # e.g. an unknown query parameter in the URL
+        raise ConfigError(f"invalid connection option in {shown}: {_first_line(exc)}") from None
+
+
+def connect_error(exc: Exception, url: DbURL) -> ConnectError:
+    text = _first_line(exc)
+    low = str(exc).lower()
+    if "password authentication failed" in low or "no password supplied" in low:
+        return ConnectError(f"login refused for role {url.user!r} at {url}: wrong password",
+                            hint="check the password in the URL (or .env)")
+    if "does not exist" in low and "database" in low:
+        return ConnectError(f"database {url.dbname!r} does not exist at {url}",
+                            hint="run dbkit create (or dbkit setup)")
+    if "does not exist" in low and "role" in low:
+        return ConnectError(f"role {url.user!r} does not exist at {url}",
+                            hint="run dbkit create (or dbkit setup)")
+    return ConnectError(f"cannot connect to {url}: {text}")
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # libpq puts the useful part after "connection failed: ... failed: "
+    text = lines[0] if lines else exc.__class__.__name__
+    return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
+
+
+def wait_for(url: DbURL, settings: Settings, timeout: float, dbname: str | None = None) -> float:
+    """Retry connecting until the server accepts connections; returns seconds waited."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            connect(url, settings, dbname=dbname, autocommit=True,
+                    timeout=max(1.0, min(left, 5.0))).close()
+            return time.monotonic() - start
+        except ConnectError as exc:
+            if time.monotonic() + 0.2 >= deadline:
+                raise ConnectError(f"{exc.message} (gave up after {timeout:g}s)",
+                                   hint=exc.hint) from None
+            time.sleep(0.2)
+
+
+def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
+    """The admin server, in the documented order: --local, DBKIT_ADMIN_URL, PG* variables,
+    whatever answers at libpq's defaults, then dbkit's own local server."""
+    if settings.local:
+        return local_admin_url(settings)
+    configured = settings.admin()
+    if configured:
+        return configured.with_(dbname=configured.dbname or "postgres")
+    if settings.pg_env:
+        env = settings.pg_env
+        return DbURL(user=env.get("PGUSER"), password=env.get("PGPASSWORD"),
+                     host=env.get("PGHOST"), port=int(env["PGPORT"]) if env.get("PGPORT") else None,
+                     dbname=env.get("PGDATABASE", "postgres"))
+    defaults = DbURL(dbname="postgres")
+    try:
+        connect(defaults, settings, autocommit=True, timeout=2).close()
+        return defaults
+    except ConnectError as exc:
+        low = exc.message.lower()
+        nothing_there = ("refused" in low or "no such file" in low or "timeout" in low
+                         or "could not translate" in low)
+        if not nothing_there or not start_local:
+            raise ConnectError(f"a server answers at the libpq defaults but: {exc.message}",
+                               hint="set DBKIT_ADMIN_URL, or pass --local for dbkit's own "
+                               "server") from None
+    return local_admin_url(settings)
+
+
+def local_admin_url(settings: Settings) -> DbURL:
+    from dbkit.server import LocalServer
+
+    server = LocalServer(settings.data_path, settings.pg_bin)
+    if server.start():
+        log.info("started dbkit's local PostgreSQL in %s", settings.data_path)
+    return server.admin_url()

@@ -1,0 +1,424 @@
+"""``dbkit create`` / ``dbkit drop``: a dedicated database and login role, least privilege.
+
+Plan, then apply: ``plan_create`` inspects the catalog and returns the statements needed to
+reach the goal from what exists now (nothing, on a converged database); ``apply`` runs them and,
+if one fails, removes what this run created. Passwords reach the server only as SCRAM verifiers
+computed here on the client, so they never appear in the server's statement log.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dbkit.db import admin_url, connect
+from dbkit.errors import Conflict, DbkitError, InvalidName, PermissionDenied, Refused
+from dbkit.urls import DbURL
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+
+    from dbkit.settings import Settings
+
+log = logging.getLogger("dbkit")
+
+RESERVED_DATABASES = {"postgres", "template0", "template1"}
+RESERVED_ROLES = {"postgres", "public", "none", "current_user", "session_user", "current_role"}
+
+
+@dataclass
+class Step:
+    """One statement. ``where`` is "admin" (maintenance db) or "target" (the new database)."""
+
+    sql: sql.Composable
+    shown: str  # what --dry-run / --verbose print: passwords masked
+    where: str = "admin"
+    transactional: bool = True
+    undo: sql.Composable | None = None  # how to remove what this step creates
+
+
+@dataclass
+class Plan:
+    database: str
+    role: str
+    app_role: str | None
+    steps: list[Step] = field(default_factory=list)
+    existed: list[str] = field(default_factory=list)
+    will_create: list[str] = field(default_factory=list)
+    password: str | None = field(default=None, repr=False)  # generated/rotated: goes to .env
+    app_password: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class Result:
+    database: str
+    role: str
+    app_role: str | None
+    created: list[str]
+    existed: list[str]
+    statements: list[str]
+    dry_run: bool
+    url: str  # masked
+    env_file: str | None = None
+    printed_url: str | None = None  # only with --print-url (carries the password)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None or k == "app_role"}
+
+
+def check_name(name: str | None, kind: str) -> str:
+    if not name:
+        raise InvalidName(f"the {kind} name is empty")
+    if "\x00" in name:
+        raise InvalidName(f"the {kind} name contains a NUL byte")
+    if len(name.encode()) > 63:
+        raise InvalidName(f"the {kind} name {name!r} is {len(name.encode())} bytes; "
+                          "PostgreSQL allows at most 63",
+                          hint="PostgreSQL would silently truncate it: choose a shorter name")
+    if kind == "database" and name in RESERVED_DATABASES:
+        raise InvalidName(f"database {name!r} is reserved; dbkit gives the application its own",
+                          hint="name another database in DATABASE_URL")
+    if kind != "database" and (name.lower() in RESERVED_ROLES or name.startswith("pg_")):
+        raise InvalidName(f"role {name!r} is reserved",
+                          hint="name a dedicated role in DATABASE_URL")
+    return name
+
+
+def _role_info(conn: psycopg.Connection, role: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication"
+        " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if row is None:
+        return None
+    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication")
+    return dict(zip(keys, row, strict=True))
+
+
+def _check_admin(conn: psycopg.Connection, need_createdb: bool) -> None:
+    sup, createrole, createdb = conn.execute(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    missing = [p for p, ok in (("CREATEROLE", createrole), ("CREATEDB", createdb or not need_createdb))
+               if not (sup or ok)]
+    if missing:
+        raise PermissionDenied(f"the admin role lacks {' and '.join(missing)}",
+                               hint="use a superuser or a role WITH CREATEROLE CREATEDB "
+                               "in DBKIT_ADMIN_URL")
+
+
+def _verifier(conn: psycopg.Connection, role: str, password: str) -> str:
+    # libpq computes the SCRAM-SHA-256 verifier locally; the server only ever sees the hash.
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(),
+                                        b"scram-sha-256").decode()
+
+
+def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str], Any], *,
+                app_role: str | None = None, password: str | None = None, rotate: bool = False,
+                connection_limit: int | None = None) -> Plan:
+    """Statements that bring the cluster to the goal from its current state.
+
+    ``open_target(dbname)`` opens an admin connection to the target database, needed only when
+    it exists already (to read schema ownership and grants inside it).
+    """
+    from psycopg import sql
+
+    db = check_name(url.dbname, "database")
+    role = check_name(url.user, "role")
+    if app_role is not None:
+        check_name(app_role, "app role")
+        if app_role == role:
+            raise InvalidName("the app role must differ from the owner role in DATABASE_URL")
+    plan = Plan(database=db, role=role, app_role=app_role)
+    R, D = sql.Identifier(role), sql.Identifier(db)
+
+    def add(stmt: sql.Composable, *, shown: sql.Composable | None = None, **kw: Any) -> None:
+        plan.steps.append(Step(stmt, (shown or stmt).as_string(conn), **kw))
+
+    for name, is_app in ((role, False), (app_role, True)):
+        if name is None:
+            continue
+        info = _role_info(conn, name)
+        ident = sql.Identifier(name)
+        if info and info["super"]:
+            raise InvalidName(f"role {name!r} is a superuser; dbkit will not hand it an "
+                              "application database", hint="name a dedicated role")
+        attrs = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION")
+        limit = (connection_limit if not is_app else None)
+        if limit is not None:
+            attrs = sql.SQL("{} CONNECTION LIMIT {}").format(attrs, sql.Literal(limit))
+        new_pw: str | None = None
+        if info is None or rotate:
+            given = password if not is_app else None
+            new_pw = given or secrets.token_urlsafe(24)  # 192 bits
+            if not given:
+                if is_app:
+                    plan.app_password = new_pw
+                else:
+                    plan.password = new_pw
+            elif rotate and not is_app:
+                plan.password = given
+        pw_sql = sql.SQL("")
+        pw_shown = sql.SQL("")
+        if new_pw is not None:
+            pw_sql = sql.SQL(" PASSWORD {}").format(sql.Literal(_verifier(conn, name, new_pw)))
+            pw_shown = sql.SQL(" PASSWORD '***'")
+        if info is None:
+            plan.will_create.append(f"role {name}")
+            add(sql.SQL("CREATE ROLE {} {}{}").format(ident, attrs, pw_sql),
+                shown=sql.SQL("CREATE ROLE {} {}{}").format(ident, attrs, pw_shown),
+                undo=sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+            continue
+        plan.existed.append(f"role {name}")
+        drift = (not info["login"] or info["createdb"] or info["createrole"]
+                 or info["replication"] or (limit is not None and info["connlimit"] != limit))
+        if drift or new_pw is not None:
+            add(sql.SQL("ALTER ROLE {} {}{}").format(ident, attrs, pw_sql),
+                shown=sql.SQL("ALTER ROLE {} {}{}").format(ident, attrs, pw_shown))
+
+    row = conn.execute(
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding),"
+        " datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0)"
+        " FROM pg_database WHERE datname = %s", (db,)).fetchone()
+    if row is None:
+        enc = conn.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database"
+                           " WHERE datname = 'template1'").fetchone()[0]
+        tail = sql.SQL("" if enc == "UTF8" else " TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+        plan.will_create.append(f"database {db}")
+        add(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'{}").format(D, R, tail),
+            transactional=False, undo=sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(D))
+        public_open = True
+    else:
+        owner, encoding, public_open = row
+        if owner != role:
+            raise Conflict(f"database {db!r} exists and is owned by {owner!r}, not {role!r}",
+                           hint="dbkit will not take it over: drop it, or name another database")
+        if encoding != "UTF8":
+            raise Conflict(f"database {db!r} exists with encoding {encoding}, not UTF8",
+                           hint="drop it (dbkit drop) and run dbkit create again")
+        plan.existed.append(f"database {db}")
+    if public_open:
+        add(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(D))
+    if row is None:
+        _plan_inside(plan, None, add)
+    else:
+        with open_target(db) as target:
+            _plan_inside(plan, target, add)
+    return plan
+
+
+def _plan_inside(plan: Plan, target: psycopg.Connection | None, add: Any) -> None:
+    """Steps inside the new database: schema ownership, PUBLIC's CREATE, the app role's grants."""
+    from psycopg import sql
+
+    R = sql.Identifier(plan.role)
+    state: dict[str, Any] = {"owner": None, "public_create": True, "app": {}}
+    if target is not None:
+        state = _inside_state(target, plan)
+    if state["owner"] != plan.role:
+        add(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(R), where="target")
+    if state["public_create"]:
+        add(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"), where="target")
+    if not plan.app_role:
+        return
+    A, D = sql.Identifier(plan.app_role), sql.Identifier(plan.database)
+    app = state["app"]
+    wanted = [
+        ("connect", sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(D, A), "admin"),
+        ("usage", sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(A), "target"),
+        ("tables", sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"
+                           " TO {}").format(A), "target"),
+        ("sequences", sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}"
+                              ).format(A), "target"),
+        ("default_tables", sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT"
+                                   " SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(R, A),
+         "target"),
+        ("default_sequences", sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public"
+                                      " GRANT USAGE, SELECT ON SEQUENCES TO {}").format(R, A),
+         "target"),
+    ]
+    for key, stmt, where in wanted:
+        if not app.get(key):
+            add(stmt, where=where)
+
+
+def _inside_state(target: psycopg.Connection, plan: Plan) -> dict[str, Any]:
+    row = target.execute(
+        "SELECT pg_get_userbyid(nspowner),"
+        " nspacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(nspacl) a"
+        "   WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')"
+        " FROM pg_namespace WHERE nspname = 'public'").fetchone()
+    if row is None:
+        return {"owner": None, "public_create": False, "app": {}}
+    app: dict[str, bool] = {}
+    if plan.app_role and _role_info(target, plan.app_role):
+        a, r = plan.app_role, plan.role
+        app["connect"] = target.execute(
+            "SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (a,)).fetchone()[0]
+        app["usage"] = target.execute(
+            "SELECT has_schema_privilege(%s, 'public', 'USAGE')", (a,)).fetchone()[0]
+        app["tables"] = target.execute(
+            "SELECT bool_and(has_table_privilege(%s, c.oid, 'SELECT,INSERT,UPDATE,DELETE'))"
+            " IS NOT FALSE FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
+            " AND c.relkind IN ('r', 'p', 'v')", (a,)).fetchone()[0]
+        app["sequences"] = target.execute(
+            "SELECT bool_and(has_sequence_privilege(%s, c.oid, 'USAGE,SELECT')) IS NOT FALSE"
+            " FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'",
+            (a,)).fetchone()[0]
+        for key, objtype in (("default_tables", "r"), ("default_sequences", "S")):
+            app[key] = target.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_default_acl d, aclexplode(d.defaclacl) x"
+                " WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+                " AND d.defaclnamespace = 'public'::regnamespace AND d.defaclobjtype = %s"
+                " AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s))",
+                (r, objtype, a)).fetchone()[0]
+    return {"owner": row[0], "public_create": row[1], "app": app}
+
+def apply(plan: Plan, admin: psycopg.Connection, open_target: Callable[[str], Any]) -> None:
+    """Run the plan. On failure, undo what this run created, then re-raise."""
+    import psycopg
+
+    done: list[Step] = []
+    target = None
+    try:
+        admin.autocommit = True
+        for step in plan.steps:
+            log.info("%s", step.shown)
+            if step.where == "target":
+                if target is None:
+                    target = open_target(plan.database)
+                target.execute(step.sql)
+            else:
+                admin.execute(step.sql)
+            done.append(step)
+        if target is not None:
+            target.commit()  # the in-database steps are one transaction
+    except BaseException as exc:
+        if target is not None:
+            target.close()
+            target = None
+        _undo(admin, done)
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            raise PermissionDenied(f"permission denied: {exc.diag.message_primary}") from None
+        if isinstance(exc, psycopg.Error):
+            raise DbkitError(f"provisioning failed: {exc.diag.message_primary or exc}",
+                             hint="nothing was left behind; fix the cause and retry") from None
+        raise
+    finally:
+        if target is not None:
+            target.close()
+
+
+def _undo(admin: psycopg.Connection, done: list[Step]) -> None:
+    for step in reversed(done):
+        if step.undo is not None:
+            try:
+                admin.execute(step.undo)
+            except Exception as exc:  # best effort: report, keep undoing the rest
+                log.warning("could not undo %s: %s", step.shown, exc)
+
+
+def _open_target_factory(settings: Settings, url: DbURL) -> Callable[[str], Any]:
+    return lambda db: connect(url, settings, dbname=db)
+
+
+def create(settings: Settings, *, dry_run: bool = False, password: str | None = None,
+           rotate: bool = False, connection_limit: int | None = None, print_url: bool = False,
+           write_env: bool = True, app_url: DbURL | None = None) -> Result:
+    """Create (or converge) the role and database named in DATABASE_URL."""
+    from dbkit.settings import update_env_file
+
+    admin = admin_url(settings)
+    url = app_url or settings.app_url()
+    if password is not None and url.password is not None and password != url.password:
+        raise Refused("a password was given both in DATABASE_URL and on standard input",
+                      hint="give it in one place only")
+    given = password or url.password
+    app_role = settings.app_role
+    open_target = _open_target_factory(settings, admin)
+    with connect(admin, settings, autocommit=True) as conn:
+        _check_admin(conn, need_createdb=True)
+        plan = plan_create(conn, url, open_target, app_role=app_role, password=given,
+                           rotate=rotate, connection_limit=connection_limit)
+        if not dry_run:
+            apply(plan, conn, open_target)
+    final = url.with_(password=plan.password) if plan.password else url
+    result = Result(database=plan.database, role=plan.role, app_role=app_role,
+                    created=[] if dry_run else plan.will_create, existed=plan.existed,
+                    statements=[s.shown for s in plan.steps], dry_run=dry_run, url=str(final))
+    if dry_run:
+        return result
+    if print_url and plan.password:
+        result.printed_url = final.render(reveal=True)
+    elif write_env and (plan.password or plan.app_password):
+        if plan.password:
+            update_env_file(settings.env_file, "DATABASE_URL", final.render(reveal=True))
+        if plan.app_password and app_role:
+            app = final.with_(user=app_role, password=plan.app_password)
+            update_env_file(settings.env_file, "DBKIT_APP_URL", app.render(reveal=True))
+        result.env_file = str(settings.env_file)
+    return result
+
+
+def drop(settings: Settings, *, force: bool = False, dry_run: bool = False) -> Result:
+    """Drop the database, then its role(s). Missing objects are fine (idempotent)."""
+    from psycopg import sql
+
+    if settings.production:
+        raise Refused("dbkit drop is refused when DBKIT_ENV=production",
+                      hint="drop a production database by hand, deliberately")
+    url = settings.app_url()
+    db, role = check_name(url.dbname, "database"), check_name(url.user, "role")
+    roles = [r for r in (settings.app_role, role) if r]
+    admin = admin_url(settings)
+    steps: list[str] = []
+    existed: list[str] = []
+    with connect(admin, settings, autocommit=True) as conn:
+        _check_admin(conn, need_createdb=True)
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+            existed.append(f"database {db}")
+            stmt = sql.SQL("DROP DATABASE {}{}").format(
+                sql.Identifier(db), sql.SQL(" WITH (FORCE)" if force else ""))
+            steps.append(stmt.as_string(conn))
+            if not dry_run:
+                _drop_database(conn, stmt, db)
+        for r in roles:
+            info = _role_info(conn, r)
+            if info is None:
+                continue
+            if info["super"]:
+                raise InvalidName(f"role {r!r} is a superuser; dbkit will not drop it")
+            existed.append(f"role {r}")
+            stmt = sql.SQL("DROP ROLE {}").format(sql.Identifier(r))
+            steps.append(stmt.as_string(conn))
+            if not dry_run:
+                _drop_role(conn, stmt, r)
+    return Result(database=db, role=role, app_role=settings.app_role, created=[],
+                  existed=existed, statements=steps, dry_run=dry_run, url=str(url))
+
+
+def _drop_database(conn: psycopg.Connection, stmt: sql.Composable, db: str) -> None:
+    import psycopg
+
+    log.info("%s", stmt.as_string(conn))
+    try:
+        conn.execute(stmt)
+    except psycopg.errors.ObjectInUse:
+        raise Conflict(f"database {db!r} has open connections",
+                       hint="close them, or pass --force to terminate them") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied(f"cannot drop database {db!r}: {exc.diag.message_primary}") from None
+
+
+def _drop_role(conn: psycopg.Connection, stmt: sql.Composable, role: str) -> None:
+    import psycopg
+
+    log.info("%s", stmt.as_string(conn))
+    try:
+        conn.execute(stmt)
+    except psycopg.errors.DependentObjectsStillRemain:
+        raise Conflict(f"role {role!r} still owns objects or holds privileges in other databases",
+                       hint="run DROP OWNED BY in those databases, then dbkit drop again") from None

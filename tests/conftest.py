@@ -1,0 +1,111 @@
+"""Fixtures: a real PostgreSQL (a throwaway cluster, or DBKIT_TEST_ADMIN_URL), per-test
+application names, and a way to run the dbkit CLI in-process or as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from dbkit.cli import run
+from dbkit.testing import drop_everything, throwaway_cluster, unique_name
+from dbkit.urls import DbURL
+
+REPO = Path(__file__).resolve().parent.parent
+# Settings the developer's own shell may carry; every test starts without them.
+_CLEAR = [k for k in os.environ if k.startswith(("DBKIT_", "PG")) or k == "DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[DbURL]:
+    """Admin URL of the test server."""
+    with throwaway_cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) as url:
+        yield url
+
+
+@pytest.fixture
+def admin_conn(pg: DbURL) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(autocommit=True, **pg.connect_kwargs()) as conn:
+        yield conn
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+
+@dataclass
+class App:
+    """One test's application: its own role and database names, env and working directory."""
+
+    pg: DbURL
+    cwd: Path
+    role: str
+    db: str
+    password: str | None = None
+    extra_dbs: list[str] = field(default_factory=list)
+    extra_roles: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> DbURL:
+        return DbURL(user=self.role, password=self.password, host=self.pg.host,
+                     port=self.pg.port, dbname=self.db)
+
+    def env(self, **extra: str | None) -> dict[str, str | None]:
+        env: dict[str, str | None] = {k: None for k in _CLEAR}
+        env["DBKIT_ADMIN_URL"] = self.pg.render(reveal=True)
+        env["DATABASE_URL"] = self.url.render(reveal=True)
+        env.update(extra)
+        return env
+
+    def cli(self, *args: str, input: str | None = None, **env: str | None) -> CliResult:
+        """Run dbkit in-process (fast); cwd is the app's directory (so ./.env is its own)."""
+        runner = CliRunner()
+        old = os.getcwd()
+        os.chdir(self.cwd)
+        try:
+            with runner.isolation(input=input, env=self.env(**env)) as streams:
+                code = run(list(args))
+                out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
+        finally:
+            os.chdir(old)
+        return CliResult(code, out, err)
+
+    def subprocess(self, *args: str, input: str | None = None, timeout: float = 120,
+                   **env: str | None) -> CliResult:
+        """Run dbkit as a real process (for signals, concurrency, argv checks)."""
+        full = {k: v for k, v in os.environ.items() if k not in _CLEAR}
+        full.update({k: v for k, v in self.env(**env).items() if v is not None})
+        proc = subprocess.run([sys.executable, "-m", "dbkit", *args], cwd=self.cwd, env=full,
+                              input=input, capture_output=True, text=True, timeout=timeout)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def connect(self, **kw: object) -> psycopg.Connection:
+        return psycopg.connect(**self.url.connect_kwargs(), **kw)  # type: ignore[arg-type]
+
+    def read_env_url(self) -> DbURL:
+        from dbkit.settings import read_env_file
+
+        return DbURL.parse(read_env_file(self.cwd / ".env")["DATABASE_URL"])
+
+
+@pytest.fixture
+def app(pg: DbURL, tmp_path: Path) -> Iterator[App]:
+    """A fresh application (names unique per test); its database and roles are dropped after."""
+    a = App(pg=pg, cwd=tmp_path, role=unique_name("role"), db=unique_name("db"),
+            password=unique_name("pw"))
+    yield a
+    drop_everything(pg, [a.db, *a.extra_dbs], [*a.extra_roles, a.role])
