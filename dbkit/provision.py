@@ -179,6 +179,15 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
             add(sql.SQL("ALTER ROLE {} {}{}").format(ident, attrs, pw_sql),
                 shown=sql.SQL("ALTER ROLE {} {}{}").format(ident, attrs, pw_shown))
 
+    # A non-superuser admin (CREATEROLE + CREATEDB, as on managed services) must be a member
+    # of the owner role to create a database owned by it and to set defaults for it.
+    admin_super, member = conn.execute(
+        "SELECT rolsuper, EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = %s"
+        " AND pg_has_role(current_user, r.oid, 'MEMBER')) FROM pg_roles"
+        " WHERE rolname = current_user", (role,)).fetchone()
+    if not admin_super and not member:
+        add(sql.SQL("GRANT {} TO CURRENT_USER").format(R))
+
     row = conn.execute(
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding),"
         " datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0)"
