@@ -1,0 +1,130 @@
+"""dbkit's own local PostgreSQL: lifecycle, crash recovery, version guard, long paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dbkit.server import LocalServer, find_pg_bin
+
+
+@pytest.fixture
+def project() -> Iterator[Path]:
+    """An empty project directory the server's OS user can reach (tmp_path is 0700 as root)."""
+    d = Path(tempfile.mkdtemp(prefix="dbkit-proj-"))
+    os.chmod(d, 0o755)
+    yield d
+    LocalServer(d / ".dbkit").destroy()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def dbkit(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DBKIT_", "PG")) and k != "DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "dbkit", *args], cwd=cwd, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def admin_conn(project: Path) -> psycopg.Connection:
+    srv = LocalServer(project / ".dbkit")
+    return psycopg.connect(autocommit=True, **srv.admin_url().connect_kwargs())
+
+
+def test_lifecycle_stop_start_kill_keeps_data(project):
+    r = dbkit(project, "server", "start")
+    assert r.returncode == 0, r.stderr
+    assert "started" in r.stdout
+    again = dbkit(project, "server", "start")
+    assert again.returncode == 0 and "already running" in again.stdout
+    st = json.loads(dbkit(project, "server", "status", "--json").stdout)
+    assert st["running"] and st["port"] and st["major"]
+    # scram-sha-256 over TCP with the stored admin password (file mode 0600)
+    pw_file = project / ".dbkit" / "admin-password"
+    assert oct(pw_file.stat().st_mode & 0o777) == "0o600"
+    with admin_conn(project) as c:
+        c.execute("CREATE TABLE keep (x int)")
+        c.execute("INSERT INTO keep VALUES (42)")
+        hba = c.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules").fetchall()
+        assert hba == [("scram-sha-256",)]
+    assert dbkit(project, "server", "stop").returncode == 0
+    assert json.loads(dbkit(project, "server", "status", "--json").stdout)["running"] is False
+    assert dbkit(project, "server", "stop").stdout.strip() == "not running"  # idempotent
+    assert dbkit(project, "server", "start").returncode == 0
+    with admin_conn(project) as c:
+        assert c.execute("SELECT x FROM keep").fetchone() == (42,)
+    # SIGKILL of the postmaster, then start: back, same port, data intact
+    srv = LocalServer(project / ".dbkit")
+    port = srv.state()["port"]
+    srv.kill()
+    assert not srv.running()
+    r = dbkit(project, "server", "start")
+    assert r.returncode == 0, r.stderr
+    assert srv.state()["port"] == port
+    with admin_conn(project) as c:
+        assert c.execute("SELECT x FROM keep").fetchone() == (42,)
+    url = dbkit(project, "server", "url")
+    assert ":***@" in url.stdout and srv.admin_password() not in url.stdout
+
+
+def test_stale_pid_file_from_another_process_is_ignored(project):
+    srv = LocalServer(project / ".dbkit")
+    srv.start()
+    srv.stop()
+    # a leftover postmaster.pid naming a live process that is not PostgreSQL (this test)
+    (srv.pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{srv.pgdata}\n")
+    assert not srv.running()
+    r = dbkit(project, "server", "start")
+    assert r.returncode == 0, r.stderr
+    assert srv.running()
+
+
+def test_other_major_version_refused_without_damage(project):
+    srv = LocalServer(project / ".dbkit")
+    srv.start()
+    srv.stop()
+    version_file = srv.pgdata / "PG_VERSION"
+    real = version_file.read_text()
+    version_file.write_text("9.6\n")
+    try:
+        r = dbkit(project, "server", "start")
+        assert r.returncode == 15
+        assert "created by PostgreSQL 9.6" in r.stderr and "Traceback" not in r.stderr
+        assert not srv.running()
+    finally:
+        version_file.write_text(real)
+    assert dbkit(project, "server", "start").returncode == 0
+
+
+def test_long_project_path_puts_socket_in_short_dir(project):
+    deep = project / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    for p in (deep, deep.parent):
+        os.chmod(p, 0o755)
+    r = dbkit(deep, "server", "start")
+    assert r.returncode == 0, r.stderr
+    srv = LocalServer(deep / ".dbkit")
+    sock = Path(srv.state()["socket_dir"])
+    assert not str(sock).startswith(str(deep))
+    assert list(sock.glob(".s.PGSQL.*"))
+    srv.destroy()
+
+
+def test_bad_pg_bin_is_a_clear_error(project):
+    r = dbkit(project, "server", "start", DBKIT_PG_BIN="/nonexistent/bin")
+    assert r.returncode == 15
+    assert "DBKIT_PG_BIN" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_binaries_are_found_without_configuration():
+    d = find_pg_bin()
+    assert (d / "initdb").exists() and (d / "pg_ctl").exists()
