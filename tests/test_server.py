@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import run_dbkit as dbkit
 
 from dbkit.server import LocalServer, find_pg_bin
 
@@ -25,13 +24,6 @@ def project() -> Iterator[Path]:
     yield d
     LocalServer(d / ".dbkit").destroy()
     shutil.rmtree(d, ignore_errors=True)
-
-
-def dbkit(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("DBKIT_", "PG")) and k != "DATABASE_URL"}
-    return subprocess.run([sys.executable, "-m", "dbkit", *args], cwd=cwd, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
 
 
 def admin_conn(project: Path) -> psycopg.Connection:
