@@ -1,0 +1,408 @@
+"""The migration linter's rules: what each one catches, why it hurts a live database, the fix.
+
+``Checker`` walks one file's statements (pglast syntax trees, i.e. PostgreSQL's own parser) in
+order and remembers what the file itself created, because an operation on a table created
+earlier in the same migration cannot block anyone: no other session can see that table yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast
+from pglast.enums import AlterTableType, ConstrType, NullTestType, ObjectType, ReindexObjectType
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    fix: str
+
+
+RULES: dict[str, Rule] = {r.id: r for r in (
+    Rule("index-not-concurrent", "CREATE INDEX without CONCURRENTLY on an existing table",
+         "use CREATE INDEX CONCURRENTLY, alone in a migration that starts with "
+         "'-- transactional: false'"),
+    Rule("drop-index-not-concurrent", "DROP INDEX without CONCURRENTLY",
+         "use DROP INDEX CONCURRENTLY, alone in a migration that starts with "
+         "'-- transactional: false'"),
+    Rule("add-column-not-null", "ADD COLUMN ... NOT NULL without a DEFAULT on an existing table",
+         "add the column nullable (or with a constant DEFAULT), backfill it, then add "
+         "CHECK (col IS NOT NULL) NOT VALID, VALIDATE it in a later migration, then SET NOT NULL"),
+    Rule("add-column-rewrite", "ADD COLUMN whose value must be computed for every row",
+         "add the column without the volatile default/identity/stored expression, backfill in "
+         "batches, then set the default for new rows (ALTER COLUMN ... SET DEFAULT)"),
+    Rule("column-type-change", "ALTER COLUMN ... TYPE on an existing table",
+         "add a new column of the new type, backfill it in batches, switch the code over, then "
+         "drop the old column; if the change is binary-compatible (e.g. varchar(n) to text or a "
+         "longer varchar) no rewrite happens: suppress with '-- dbkit: ignore column-type-change'"),
+    Rule("set-not-null", "SET NOT NULL without a validated CHECK (col IS NOT NULL) first",
+         "add CHECK (col IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT it in a later migration; "
+         "then SET NOT NULL skips the scan (PostgreSQL 12+) and the CHECK can be dropped"),
+    Rule("constraint-not-valid", "FOREIGN KEY or CHECK constraint validated while its lock is held",
+         "add it with NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration "
+         "(validation takes only a SHARE UPDATE EXCLUSIVE lock, reads and writes go on)"),
+    Rule("unique-without-index", "UNIQUE or PRIMARY KEY constraint that builds its own index",
+         "CREATE UNIQUE INDEX CONCURRENTLY in a '-- transactional: false' migration, then "
+         "ALTER TABLE ... ADD CONSTRAINT name UNIQUE (or PRIMARY KEY) USING INDEX index_name"),
+    Rule("drop-table", "DROP TABLE of an existing table (destructive)",
+         "stop using the table in the code and deploy that first; then drop it, marking the "
+         "statement '-- dbkit: ignore drop-table' once nothing reads it"),
+    Rule("drop-column", "DROP COLUMN (destructive)",
+         "stop reading and writing the column in the code and deploy that first; then drop it, "
+         "marking the statement '-- dbkit: ignore drop-column'"),
+    Rule("truncate", "TRUNCATE of an existing table (destructive)",
+         "delete rows in batches with DELETE ... WHERE, or mark the statement "
+         "'-- dbkit: ignore truncate' if emptying the table is really intended"),
+    Rule("rename-table", "RENAME of an existing table",
+         "create the new table (or a view under the new name), move the code over, then drop the "
+         "old name in a later migration"),
+    Rule("rename-column", "RENAME of a column of an existing table",
+         "add a new column, write both in the code, backfill, move reads over, then drop the old "
+         "column in a later migration"),
+    Rule("vacuum-full", "VACUUM FULL",
+         "use plain VACUUM (no lock on reads/writes), or pg_repack for an online rewrite, "
+         "outside migrations"),
+    Rule("cluster", "CLUSTER",
+         "run it in a maintenance window outside migrations, or use pg_repack"),
+    Rule("lock-table", "LOCK TABLE in a mode that blocks writes",
+         "drop the explicit LOCK; the statements that need a lock take the weakest one they can, "
+         "and lock_timeout bounds the wait"),
+    Rule("concurrently-in-transaction", "CONCURRENTLY inside a transactional migration",
+         "put '-- transactional: false' on the first line of the migration and keep the "
+         "CONCURRENTLY statement alone in it"),
+    Rule("bad-ignore", "'-- dbkit: ignore' names an unknown rule",
+         "use one of the rule ids listed by 'dbkit lint --rules'"),
+    Rule("parse-error", "the file is not valid PostgreSQL SQL",
+         "fix the syntax (the linter uses PostgreSQL's own parser)"),
+)}
+
+# Functions commonly used in DEFAULTs that are not VOLATILE, so PostgreSQL 11+ stores the value
+# once in the catalog instead of rewriting the table. Anything else is treated as volatile.
+NON_VOLATILE = {
+    "now", "statement_timestamp", "transaction_timestamp", "current_date", "localtimestamp",
+    "lower", "upper", "btrim", "trim", "length", "char_length", "abs", "round", "md5",
+    "to_jsonb", "to_json", "jsonb_build_object", "json_build_object", "jsonb_build_array",
+    "json_build_array", "make_date", "make_interval", "make_timestamp", "make_timestamptz",
+    "date_trunc", "to_timestamp", "to_date", "concat", "concat_ws", "format", "replace",
+    "substring", "substr", "left", "right", "array_fill", "int8", "int4", "text", "numeric",
+}
+SERIAL_TYPES = {"serial", "serial4", "serial2", "serial8", "bigserial", "smallserial"}
+WRITE_BLOCKING_LOCK = 5  # SHARE and stronger conflict with INSERT/UPDATE/DELETE
+
+
+@dataclass
+class Hit:
+    rule: str
+    location: int  # character offset in the file
+    message: str
+
+
+Table = tuple[str, str]  # (schema or "", name)
+
+
+def table_key(rv: ast.RangeVar | None) -> Table:
+    if rv is None:
+        return ("", "")
+    return (rv.schemaname or "", rv.relname)
+
+
+def table_name(t: Table) -> str:
+    return f"{t[0]}.{t[1]}" if t[0] else t[1]
+
+
+@dataclass
+class Checker:
+    """Checks the statements of one migration file, in order."""
+
+    transactional: bool = True
+    created: list[Table] = field(default_factory=list)
+    created_indexes: set[str] = field(default_factory=set)
+    # constraints added NOT VALID in this file: (table, name) -> column proven NOT NULL, or ""
+    not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
+    not_null_proven: set[tuple[Table, str]] = field(default_factory=set)
+
+    def is_new(self, t: Table) -> bool:
+        return any(t[1] == c[1] and (not t[0] or not c[0] or t[0] == c[0]) for c in self.created)
+
+    def check(self, stmt: Any, start: int) -> Iterator[Hit]:
+        handler = getattr(self, f"_{type(stmt).__name__}", None)
+        if handler is not None:
+            yield from handler(stmt, start)
+
+    # -- tables created or renamed ----------------------------------------------------
+    def _CreateStmt(self, stmt: ast.CreateStmt, start: int) -> Iterator[Hit]:
+        self.created.append(table_key(stmt.relation))
+        return iter(())
+
+    def _CreateTableAsStmt(self, stmt: ast.CreateTableAsStmt, start: int) -> Iterator[Hit]:
+        self.created.append(table_key(stmt.into.rel))
+        return iter(())
+
+    def _SelectStmt(self, stmt: ast.SelectStmt, start: int) -> Iterator[Hit]:
+        if stmt.intoClause is not None:  # SELECT ... INTO new_table
+            self.created.append(table_key(stmt.intoClause.rel))
+        return iter(())
+
+    def _RenameStmt(self, stmt: ast.RenameStmt, start: int) -> Iterator[Hit]:
+        t = table_key(stmt.relation)
+        if stmt.renameType == ObjectType.OBJECT_TABLE:
+            if self.is_new(t):
+                self.created.append((t[0], stmt.newname))
+                return
+            yield Hit("rename-table", start,
+                      f"renaming table {table_name(t)} to {stmt.newname} breaks every running "
+                      "instance of the application that still uses the old name")
+        elif (stmt.renameType == ObjectType.OBJECT_COLUMN
+              and stmt.relationType == ObjectType.OBJECT_TABLE and not self.is_new(t)):
+            yield Hit("rename-column", start,
+                      f"renaming column {table_name(t)}.{stmt.subname} to {stmt.newname} breaks "
+                      "every running instance of the application that still uses the old name")
+
+    # -- indexes ------------------------------------------------------------------------
+    def _IndexStmt(self, stmt: ast.IndexStmt, start: int) -> Iterator[Hit]:
+        t = table_key(stmt.relation)
+        if stmt.idxname:
+            self.created_indexes.add(stmt.idxname)
+        if stmt.concurrent:
+            if self.transactional:
+                yield Hit("concurrently-in-transaction", start,
+                          "CREATE INDEX CONCURRENTLY cannot run inside a transaction block: "
+                          "this migration will fail")
+        elif not self.is_new(t):
+            yield Hit("index-not-concurrent", start,
+                      f"building an index on {table_name(t)} holds a SHARE lock: every INSERT, "
+                      "UPDATE and DELETE on it waits until the whole index is built")
+
+    def _DropStmt(self, stmt: ast.DropStmt, start: int) -> Iterator[Hit]:
+        names = [".".join(n.sval for n in obj) for obj in (stmt.objects or ())
+                 if isinstance(obj, tuple)]
+        if stmt.removeType == ObjectType.OBJECT_INDEX:
+            if stmt.concurrent and self.transactional:
+                yield Hit("concurrently-in-transaction", start,
+                          "DROP INDEX CONCURRENTLY cannot run inside a transaction block: "
+                          "this migration will fail")
+            old = [n for n in names if n.rsplit(".", 1)[-1] not in self.created_indexes]
+            if not stmt.concurrent and old:
+                yield Hit("drop-index-not-concurrent", start,
+                          f"dropping index {', '.join(old)} takes an ACCESS EXCLUSIVE lock on its "
+                          "table: reads and writes wait for it, and behind it, while it waits")
+        elif stmt.removeType == ObjectType.OBJECT_TABLE:
+            old_tables = [n for n in names if not self.is_new(_split(n))]
+            if old_tables:
+                yield Hit("drop-table", start,
+                          f"dropping table {', '.join(old_tables)} deletes its data and breaks "
+                          "running code that still uses it")
+
+    def _ReindexStmt(self, stmt: ast.ReindexStmt, start: int) -> Iterator[Hit]:
+        concurrent = any(p.defname == "concurrently" for p in (stmt.params or ()))
+        if concurrent and self.transactional and stmt.kind in (
+                ReindexObjectType.REINDEX_OBJECT_INDEX, ReindexObjectType.REINDEX_OBJECT_TABLE,
+                ReindexObjectType.REINDEX_OBJECT_SCHEMA):
+            yield Hit("concurrently-in-transaction", start,
+                      "REINDEX CONCURRENTLY cannot run inside a transaction block: "
+                      "this migration will fail")
+
+    # -- destructive and heavy-lock statements -----------------------------------------------
+    def _TruncateStmt(self, stmt: ast.TruncateStmt, start: int) -> Iterator[Hit]:
+        old = [table_name(table_key(r)) for r in stmt.relations if not self.is_new(table_key(r))]
+        if old:
+            yield Hit("truncate", start,
+                      f"TRUNCATE {', '.join(old)} deletes every row and takes an ACCESS EXCLUSIVE "
+                      "lock")
+
+    def _VacuumStmt(self, stmt: ast.VacuumStmt, start: int) -> Iterator[Hit]:
+        full = any(o.defname == "full" and _truthy(o.arg) for o in (stmt.options or ()))
+        if stmt.is_vacuumcmd and full:
+            yield Hit("vacuum-full", start,
+                      "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and "
+                      "writes wait until it finishes")
+
+    def _ClusterStmt(self, stmt: ast.ClusterStmt, start: int) -> Iterator[Hit]:
+        if stmt.relation is None or not self.is_new(table_key(stmt.relation)):
+            yield Hit("cluster", start,
+                      "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes "
+                      "wait until it finishes")
+
+    def _LockStmt(self, stmt: ast.LockStmt, start: int) -> Iterator[Hit]:
+        old = [table_name(table_key(r)) for r in stmt.relations if not self.is_new(table_key(r))]
+        if stmt.mode >= WRITE_BLOCKING_LOCK and old:
+            yield Hit("lock-table", start,
+                      f"LOCK TABLE {', '.join(old)} blocks writes (or reads too) for the rest of "
+                      "the migration's transaction")
+
+    # -- ALTER TABLE ------------------------------------------------------------------
+    def _AlterTableStmt(self, stmt: ast.AlterTableStmt, start: int) -> Iterator[Hit]:
+        if stmt.objtype != ObjectType.OBJECT_TABLE:
+            return
+        t = table_key(stmt.relation)
+        new = self.is_new(t)
+        name = table_name(t)
+        for cmd in stmt.cmds:
+            sub = cmd.subtype
+            if sub == AlterTableType.AT_DetachPartition and _detach_concurrently(cmd):
+                if self.transactional:
+                    yield Hit("concurrently-in-transaction", start,
+                              "DETACH PARTITION CONCURRENTLY cannot run inside a transaction "
+                              "block: this migration will fail")
+            if sub == AlterTableType.AT_AddColumn:
+                yield from self._add_column(cmd.def_, t, new, start)
+            elif sub == AlterTableType.AT_AddConstraint:
+                yield from self._add_constraint(cmd.def_, t, new, start)
+            elif sub == AlterTableType.AT_ValidateConstraint:
+                col = self.not_valid.pop((t, cmd.name), None)
+                if col is not None and self.transactional and not new:
+                    yield Hit("constraint-not-valid", _loc(cmd, start),
+                              f"VALIDATE CONSTRAINT {cmd.name} runs in the same transaction as "
+                              "its ADD ... NOT VALID, so the full scan happens while that "
+                              f"statement's lock on {name} is still held")
+                if col:
+                    self.not_null_proven.add((t, col))
+            elif new:
+                continue
+            elif sub == AlterTableType.AT_AlterColumnType:
+                yield Hit("column-type-change", _loc(cmd.def_, start),
+                          f"changing the type of {name}.{cmd.name} rewrites the table and its "
+                          "indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless "
+                          "the new type is binary-compatible; running code may also break")
+            elif sub == AlterTableType.AT_SetNotNull and (t, cmd.name) not in self.not_null_proven:
+                yield Hit("set-not-null", start,
+                          f"SET NOT NULL on {name}.{cmd.name} scans the whole table under an "
+                          "ACCESS EXCLUSIVE lock (reads and writes wait)")
+            elif sub == AlterTableType.AT_DropColumn:
+                yield Hit("drop-column", start,
+                          f"dropping column {name}.{cmd.name} deletes its data and breaks running "
+                          "code that still reads or writes it")
+
+    def _add_column(self, col: ast.ColumnDef, t: Table, new: bool, start: int) -> Iterator[Hit]:
+        cons = list(col.constraints or ())
+        kinds = {c.contype for c in cons}
+        where = f"{table_name(t)}.{col.colname}"
+        typename = col.typeName.names[-1].sval if col.typeName else ""
+        has_value = bool(kinds & {ConstrType.CONSTR_DEFAULT, ConstrType.CONSTR_IDENTITY,
+                                  ConstrType.CONSTR_GENERATED}) or typename in SERIAL_TYPES
+        for c in cons:
+            if c.contype == ConstrType.CONSTR_CHECK:
+                self._remember_check(c, t)
+        if new:
+            return
+        loc = _loc(col, start)
+        if (ConstrType.CONSTR_NOTNULL in kinds or col.is_not_null) and not has_value:
+            yield Hit("add-column-not-null", loc,
+                      f"adding {where} as NOT NULL without a DEFAULT fails on a table that has "
+                      "rows, and breaks running code whose INSERTs do not set it")
+        rewrite = _rewrite_reason(cons, typename)
+        if rewrite:
+            yield Hit("add-column-rewrite", loc,
+                      f"adding {where} with {rewrite} rewrites the whole table under an ACCESS "
+                      "EXCLUSIVE lock (reads and writes wait)")
+        for c in cons:
+            if c.contype in (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK):
+                yield self._unvalidated(c, t, start)
+            elif c.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY):
+                yield self._unique(c, t, start)
+
+    def _add_constraint(self, c: ast.Constraint, t: Table, new: bool, start: int
+                        ) -> Iterator[Hit]:
+        if c.contype == ConstrType.CONSTR_CHECK:
+            self._remember_check(c, t)
+        elif c.contype == ConstrType.CONSTR_FOREIGN and c.skip_validation and c.conname:
+            self.not_valid[(t, c.conname)] = ""
+        if new:
+            return
+        if c.contype in (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK) and not c.skip_validation:
+            yield self._unvalidated(c, t, start)
+        elif c.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY) and not c.indexname:
+            yield self._unique(c, t, start)
+
+    def _remember_check(self, c: ast.Constraint, t: Table) -> None:
+        cols = _not_null_columns(c.raw_expr)
+        if c.skip_validation:
+            if c.conname:
+                self.not_valid[(t, c.conname)] = cols[0] if len(cols) == 1 else ""
+        else:
+            self.not_null_proven.update((t, col) for col in cols)
+
+    def _unvalidated(self, c: ast.Constraint, t: Table, start: int) -> Hit:
+        if c.contype == ConstrType.CONSTR_FOREIGN:
+            ref = table_name(table_key(c.pktable))
+            what = (f"adding a FOREIGN KEY on {table_name(t)} scans the whole table while holding "
+                    f"a SHARE ROW EXCLUSIVE lock on both {table_name(t)} and {ref}: writes to "
+                    "both wait")
+        else:
+            what = (f"adding a CHECK constraint on {table_name(t)} scans the whole table while "
+                    "holding an ACCESS EXCLUSIVE lock: reads and writes wait")
+        return Hit("constraint-not-valid", _loc(c, start), what)
+
+    def _unique(self, c: ast.Constraint, t: Table, start: int) -> Hit:
+        kind = "PRIMARY KEY" if c.contype == ConstrType.CONSTR_PRIMARY else "UNIQUE"
+        return Hit("unique-without-index", _loc(c, start),
+                   f"adding a {kind} constraint on {table_name(t)} builds its index under an "
+                   "ACCESS EXCLUSIVE lock: reads and writes wait until it is built")
+
+
+def _loc(node: Any, default: int) -> int:
+    loc = getattr(node, "location", None)
+    return loc if isinstance(loc, int) and loc >= 0 else default
+
+
+def _split(name: str) -> Table:
+    schema, _, rel = name.rpartition(".")
+    return (schema, rel)
+
+
+def _truthy(arg: Any) -> bool:
+    """A DefElem option's value: absent means on (``VACUUM FULL``); 'false'/'off'/0 mean off."""
+    if arg is None:
+        return True
+    val = arg.ival if isinstance(arg, ast.Integer) else getattr(arg, "sval", "true")
+    return str(val).lower() not in ("false", "off", "0", "no")
+
+
+def _detach_concurrently(cmd: ast.AlterTableCmd) -> bool:
+    return bool(getattr(cmd.def_, "concurrent", False))
+
+
+def _not_null_columns(expr: Any) -> list[str]:
+    """Columns that ``expr`` proves NOT NULL: ``col IS NOT NULL`` alone or AND-ed."""
+    if isinstance(expr, ast.NullTest) and expr.nulltesttype == NullTestType.IS_NOT_NULL:
+        if isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1:
+            field_ = expr.arg.fields[0]
+            return [field_.sval] if isinstance(field_, ast.String) else []
+    if isinstance(expr, ast.BoolExpr) and expr.boolop == 0:  # AND_EXPR
+        return [c for arg in expr.args for c in _not_null_columns(arg)]
+    return []
+
+
+def _rewrite_reason(cons: list[ast.Constraint], typename: str) -> str:
+    if typename in SERIAL_TYPES:
+        return f"type {typename} (a nextval() default)"
+    for c in cons:
+        if c.contype == ConstrType.CONSTR_IDENTITY:
+            return "an identity"
+        if c.contype == ConstrType.CONSTR_GENERATED and c.generated_kind != "v":
+            return "a stored generated expression"
+        if c.contype == ConstrType.CONSTR_DEFAULT:
+            volatile = sorted(_unknown_functions(c.raw_expr))
+            if volatile:
+                return (f"a DEFAULT calling {', '.join(volatile)}() (volatile, or not known to "
+                        "dbkit to be otherwise)")
+    return ""
+
+
+def _unknown_functions(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, ast.FuncCall):
+        name = node.funcname[-1].sval
+        if name.lower() not in NON_VOLATILE:
+            found.add(name)
+    if isinstance(node, ast.Node):
+        for attr in node:
+            found |= _unknown_functions(getattr(node, attr))
+    elif isinstance(node, tuple):
+        for item in node:
+            found |= _unknown_functions(item)
+    return found
