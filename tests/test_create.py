@@ -220,7 +220,8 @@ def _server_log(request):
     if os.environ.get("DBKIT_TEST_ADMIN_URL"):
         pytest.skip("needs the throwaway cluster's log file (external server in use)")
     pg = request.getfixturevalue("pg")
-    candidates = [p for p in Path("/tmp").glob("dbkit-test-*/cluster/pgdata/server.log")
+    candidates = [p for base in ("/tmp", "/dev/shm")
+                  for p in Path(base).glob("dbkit-test-*/cluster/pgdata/server.log")
                   if f"port = {pg.port}" in (p.parent / "dbkit.conf").read_text()]
     assert candidates, "throwaway cluster log not found"
     return candidates[0]
