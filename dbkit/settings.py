@@ -102,6 +102,9 @@ class Settings:
                 raise ValueError
         except ValueError:
             raise ConfigError("DBKIT_CONNECT_TIMEOUT must be a positive number of seconds") from None
+        port = self.pg_env.get("PGPORT")
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"PGPORT must be a port number (got {port!r})")
         for url, what in ((self.database_url, "DATABASE_URL"), (self.admin_url, "DBKIT_ADMIN_URL"),
                           (self.migrate_url, "DBKIT_MIGRATE_URL")):
             if url:

@@ -109,3 +109,14 @@ def app(pg: DbURL, tmp_path: Path) -> Iterator[App]:
             password=unique_name("pw"))
     yield a
     drop_everything(pg, [a.db, *a.extra_dbs], [*a.extra_roles, a.role])
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long-faults", action="store_true",
+                     help="run the fault-injection suite's long version (more rounds/examples)")
+
+
+@pytest.fixture(scope="session")
+def fault_scale(request: pytest.FixtureRequest) -> int:
+    """1 for the short version in the default run, 10 with --long-faults."""
+    return 10 if request.config.getoption("--long-faults") else 1
