@@ -1,0 +1,215 @@
+"""Per-test database cost: dbkit's ``dbkit_db`` fixture vs a raw ``CREATE DATABASE … TEMPLATE``
+fixture vs pytest-postgresql's per-test ``postgresql`` fixture, all on the posts schema.
+
+Each variant is a real pytest run of N identical tests (connect, one query) against the same
+throwaway server; pytest's own per-phase durations (setup + call + teardown) give the per-test
+cost; the first test (which pays for session fixtures) is left out. Runs are interleaved.
+Also: the library alone (clone + drop in a loop) vs the bare SQL, without pytest.
+
+pytest-postgresql is not a dbkit dependency. Install it somewhere of its own and point
+BENCH_EXTRA_PATH at it (it is then loaded only by these runs), e.g.::
+
+    pip install --target /tmp/bench-pkgs --no-deps pytest-postgresql mirakuru port-for psutil
+    BENCH_EXTRA_PATH=/tmp/bench-pkgs python -m bench.bench_testdb
+
+Without it, that column is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from bench.common import cluster, interleaved, median, save, table
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATIONS = REPO / "dbkit" / "migrations"
+
+CONFTEST = '''
+import json, os
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+DURATIONS = {}
+
+
+def pytest_runtest_logreport(report):
+    DURATIONS.setdefault(report.nodeid, {})[report.when] = report.duration
+
+
+def pytest_sessionfinish(session):
+    Path(os.environ["BENCH_OUT"]).write_text(json.dumps(DURATIONS))
+
+
+ADMIN = json.loads(os.environ["BENCH_ADMIN"])
+
+
+@pytest.fixture(scope="session")
+def raw_admin():
+    with psycopg.connect(autocommit=True, **ADMIN) as conn:
+        yield conn
+
+
+@pytest.fixture
+def raw_db(raw_admin, request):
+    """What one would write by hand: clone the template, drop it afterwards."""
+    name = "bench_raw_" + str(abs(hash(request.node.nodeid)) % 10**9)
+    raw_admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(os.environ["BENCH_TEMPLATE"])))
+    yield {**ADMIN, "dbname": name}
+    raw_admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if os.environ.get("BENCH_PPG"):
+    from pytest_postgresql import factories
+
+    LOAD = sorted(str(p) for p in Path(os.environ["BENCH_MIGRATIONS"]).glob("*.sql")
+                  if not p.name.endswith(".rollback.sql"))
+    ppg_noproc = factories.postgresql_noproc(
+        host=ADMIN["host"], port=ADMIN["port"], user=ADMIN["user"], password=ADMIN["password"],
+        dbname="bench_ppg", load=LOAD, load_autocommit=True)
+    postgresql = factories.postgresql("ppg_noproc")
+'''
+
+TESTS = '''
+import psycopg
+import pytest
+
+N = int(__import__("os").environ["BENCH_N"])
+
+
+@pytest.mark.parametrize("i", range(N))
+def test_dbkit(dbkit_db, i):
+    with psycopg.connect(**dbkit_db.connect_kwargs()) as conn:
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("i", range(N))
+def test_raw(raw_db, i):
+    with psycopg.connect(**raw_db) as conn:
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("i", range(N))
+def test_ppg(postgresql, i):
+    assert postgresql.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+'''
+
+
+def per_test_ms(out: Path) -> float:
+    data = json.loads(out.read_text())
+    totals = [sum(phases.values()) for phases in data.values()]
+    return statistics.median(totals[1:]) * 1000  # the first one pays for session fixtures
+
+
+def setup_ms(out: Path, which: str) -> float:
+    data = json.loads(out.read_text())
+    return statistics.median([p[which] for p in list(data.values())[1:]]) * 1000
+
+
+def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object]]:
+    from dbkit import testdb
+    from dbkit.settings import Settings
+
+    extra = os.environ.get("BENCH_EXTRA_PATH", "")
+    has_ppg = bool(extra) and (Path(extra) / "pytest_postgresql").is_dir()
+    rows: list[dict[str, object]] = []
+    with cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) as admin, \
+            tempfile.TemporaryDirectory(prefix="dbkit-bench-") as tmp:
+        project = Path(tmp)
+        (project / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+        (project / "test_bench.py").write_text(textwrap.dedent(TESTS))
+        (project / "pytest.ini").write_text(f"[pytest]\ndbkit_migrations = {MIGRATIONS}\n")
+        settings = Settings.load(flags={"admin_url": admin.render(reveal=True),
+                                        "migrations": str(MIGRATIONS)}, environ={}, cwd=project)
+        session = testdb.CloneSession(settings)  # builds the template both fixtures clone
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DBKIT_", "PG")) and k != "DATABASE_URL"}
+        kw = admin.connect_kwargs()
+        env.update(DBKIT_ADMIN_URL=admin.render(reveal=True), BENCH_N=str(n),
+                   BENCH_TEMPLATE=session.template.name, BENCH_MIGRATIONS=str(MIGRATIONS),
+                   BENCH_ADMIN=json.dumps({k: kw[k] for k in ("host", "port", "user", "password")}))
+        if has_ppg:
+            env.update(PYTHONPATH=os.pathsep.join([extra, env.get("PYTHONPATH", "")]), BENCH_PPG="1")
+
+        def run(variant: str) -> Path:
+            out = project / f"{variant}.json"
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                   "-k", f"test_{variant}", "test_bench.py"], cwd=project,
+                                  env={**env, "BENCH_OUT": str(out)}, capture_output=True,
+                                  text=True, timeout=600)
+            if proc.returncode != 0:
+                raise SystemExit(f"{variant} run failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+            return out
+
+        variants = ["dbkit", "raw"] + (["ppg"] if has_ppg else [])
+        per_test: dict[str, list[float]] = {v: [] for v in variants}
+        setups: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(rounds):
+            for v in variants:
+                out = run(v)
+                per_test[v].append(per_test_ms(out))
+                setups[v].append(setup_ms(out, "setup"))
+        values = {f"{v} {kind}": median(d[v]) for kind, d in (("test", per_test), ("setup", setups))
+                  for v in variants}
+        print(f"\n{n} tests per run, {rounds} interleaved runs per variant; "
+              f"medians of the per-run medians")
+        lines = [("dbkit_db vs raw CREATE DATABASE … TEMPLATE (setup+test+teardown)",
+                  "dbkit test", "raw test"),
+                 ("dbkit_db vs raw CREATE DATABASE … TEMPLATE (setup only)",
+                  "dbkit setup", "raw setup")]
+        if has_ppg:
+            lines += [("dbkit_db vs pytest-postgresql `postgresql` (setup+test+teardown)",
+                       "dbkit test", "ppg test"),
+                      ("dbkit_db vs pytest-postgresql `postgresql` (setup only)",
+                       "dbkit setup", "ppg setup")]
+        rows += table("Per-test database in pytest", lines, {}, values=values)
+
+        # The library alone, no pytest: clone+drop vs the bare statements on one connection.
+        from psycopg import sql
+
+        conn = session.conn
+        counter = iter(range(10**6))
+
+        def bare() -> None:
+            name = f"bench_bare_{next(counter)}"
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(session.template.name)))
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+
+        def lib() -> None:
+            url = session.clone()
+            session.drop(url.dbname or "")
+
+        def clone_only() -> None:
+            name = f"bench_bare_{next(counter)}"
+            started = time.perf_counter()
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(session.template.name)))
+            clone_times.append(time.perf_counter() - started)
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+
+        clone_times: list[float] = []
+        times = interleaved({"dbkit clone+drop": lib, "bare clone+drop": bare,
+                             "bare clone": clone_only}, runs=loops, warmup=2)
+        rows += table("Library, no pytest", [("CloneSession.clone()+drop() vs bare SQL",
+                                               "dbkit clone+drop", "bare clone+drop")], times)
+        print(f"\nfloor: bare CREATE DATABASE … TEMPLATE alone, median "
+              f"{median(clone_times[2:]) * 1000:.1f} ms")
+        session.close()
+    save("testdb", rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

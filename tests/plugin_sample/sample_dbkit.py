@@ -1,0 +1,58 @@
+"""A user's test module exercising dbkit's pytest plugin; run by tests/test_plugin.py in a
+separate pytest process (plain and under xdist). Its file name keeps it out of normal collection.
+
+DBKIT_SAMPLE_FAIL=1 adds a failing test; DBKIT_SAMPLE_HANG=<file> adds a test that writes the
+file and then sleeps (so the outer test can interrupt or kill the run)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_each_test_gets_its_own_database(dbkit_db, n):
+    with psycopg.connect(**dbkit_db.connect_kwargs()) as conn:
+        conn.execute("INSERT INTO users (email, password_hash) VALUES (%s, '!')", (f"u{n}@x",))
+        conn.commit()  # committed, yet no other test sees it
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+        assert conn.execute("SELECT current_user").fetchone()[0] == "dbkit_test"
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_dbkit_conn_is_rolled_back_after_each_test(dbkit_conn, n):
+    dbkit_conn.execute("INSERT INTO users (email, password_hash) VALUES (%s, '!')", (f"c{n}@x",))
+    uid = dbkit_conn.execute("SELECT id FROM users WHERE email = %s", (f"c{n}@x",)).fetchone()[0]
+    dbkit_conn.execute("INSERT INTO posts (title, content, owner_id) VALUES ('t', 'c', %s)", (uid,))
+    assert dbkit_conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+    assert dbkit_conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 1
+
+
+def test_a_broken_transaction_does_not_spill_over(dbkit_conn):
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        dbkit_conn.execute("SELECT * FROM no_such_table")
+
+
+def test_after_the_broken_one(dbkit_conn):
+    assert dbkit_conn.execute("SELECT count(*) FROM users").fetchone()[0] == 0
+
+
+def test_template_is_migrated(dbkit_template, dbkit_db):
+    assert dbkit_template.name.startswith("dbkit_tpl_")
+    assert dbkit_db.dbname.startswith("dbkit_pt_")
+    assert "***" in str(dbkit_db) or dbkit_db.password is None
+
+
+@pytest.mark.skipif(not os.environ.get("DBKIT_SAMPLE_FAIL"), reason="only when asked")
+def test_that_fails(dbkit_db, dbkit_conn):
+    pytest.fail("failing on purpose")
+
+
+@pytest.mark.skipif(not os.environ.get("DBKIT_SAMPLE_HANG"), reason="only when asked")
+def test_that_hangs(dbkit_db, dbkit_conn):
+    Path(os.environ["DBKIT_SAMPLE_HANG"]).write_text(dbkit_db.dbname)
+    time.sleep(120)

@@ -1,0 +1,127 @@
+"""The pytest plugin, run the way users run it: a separate pytest process on a sample module,
+plain and under pytest-xdist, passing, failing, interrupted and killed (issue 6, line 3)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from helpers import clean_env
+
+from dbkit.testdb import PLUGIN_PREFIX
+from dbkit.urls import DbURL
+
+SAMPLE = Path(__file__).resolve().parent / "plugin_sample" / "sample_dbkit.py"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "dbkit" / "migrations"
+PASSING = 11  # tests in the sample that run without DBKIT_SAMPLE_* switches
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A user's project: the sample module and an ini naming the migrations."""
+    shutil.copy(SAMPLE, tmp_path / "test_sample.py")
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\ndbkit_migrations = {MIGRATIONS}\n")
+    return tmp_path
+
+
+def pytest_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+
+
+def env_for(pg: DbURL, **extra: str) -> dict[str, str]:
+    return clean_env(DBKIT_ADMIN_URL=pg.render(reveal=True), **extra)
+
+
+def run_sample(project: Path, pg: DbURL, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(pytest_cmd(*args), cwd=project, env=env_for(pg, **extra),
+                          capture_output=True, text=True, timeout=180)
+
+
+def clones(pg: DbURL) -> list[str]:
+    with psycopg.connect(autocommit=True, **pg.connect_kwargs()) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s",
+            (PLUGIN_PREFIX, PLUGIN_PREFIX))]
+
+
+def passed(proc: subprocess.CompletedProcess) -> int:
+    m = re.search(r"(\d+) passed", proc.stdout)
+    return int(m.group(1)) if m else 0
+
+
+def test_sample_passes_under_plain_pytest_and_leaves_no_database(project, pg):
+    proc = run_sample(project, pg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert passed(proc) == PASSING
+    assert clones(pg) == []
+
+
+def test_sample_passes_under_xdist_n2_and_leaves_no_database(project, pg):
+    proc = run_sample(project, pg, "-n", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert passed(proc) == PASSING
+    assert "2 workers" in proc.stdout
+    assert clones(pg) == []
+
+
+def test_a_failing_run_leaves_no_database(project, pg):
+    proc = run_sample(project, pg, "-n", "2", DBKIT_SAMPLE_FAIL="1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "failing on purpose" in proc.stdout and passed(proc) == PASSING
+    assert clones(pg) == []
+
+
+def start_hanging(project: Path, pg: DbURL) -> tuple[subprocess.Popen, str]:
+    flag = project / "hanging"
+    proc = subprocess.Popen(pytest_cmd("-k", "hangs"), cwd=project,
+                            env=env_for(pg, DBKIT_SAMPLE_HANG=str(flag)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not flag.exists() or not flag.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"sample did not start: {proc.communicate()[0]}")
+        time.sleep(0.05)
+    return proc, flag.read_text()
+
+
+def test_an_interrupted_run_leaves_no_database(project, pg):
+    proc, dbname = start_hanging(project, pg)
+    assert dbname in clones(pg)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    out = proc.communicate(timeout=60)[0]
+    assert "KeyboardInterrupt" in out
+    assert clones(pg) == []
+
+
+def test_a_killed_runs_databases_are_collected_next_time(project, pg):
+    proc, dbname = start_hanging(project, pg)
+    os.killpg(proc.pid, signal.SIGKILL)  # no teardown at all
+    proc.wait(30)
+    time.sleep(0.2)  # the server notices the closed connection
+    left = clones(pg)
+    assert dbname in left and any(n.endswith("_shared") for n in left)
+    again = run_sample(project, pg, "-k", "template_is_migrated")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert clones(pg) == []
+
+
+def test_unreachable_server_is_one_clear_failure(project, pg):
+    from dbkit.server import free_port
+
+    closed = pg.with_(port=free_port(), host="127.0.0.1")
+    proc = subprocess.run(pytest_cmd("-k", "template_is_migrated"), cwd=project,
+                          env=env_for(closed, DBKIT_CONNECT_TIMEOUT="2"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "dbkit: cannot connect to" in proc.stdout
+    assert (closed.password or "\0") not in proc.stdout + proc.stderr

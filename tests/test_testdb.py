@@ -1,0 +1,271 @@
+"""dbkit testdb / wait / reset against a real server (issue 6, acceptance lines 1, 2, 4, 5)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dbkit import testdb
+from dbkit.server import free_port
+from dbkit.settings import Settings
+from dbkit.testing import unique_name
+from dbkit.urls import DbURL
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATIONS = REPO / "dbkit" / "migrations"
+
+
+def dbs_with(conn: psycopg.Connection, prefix: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s ORDER BY 1",
+        (prefix, prefix))]
+
+
+def schema_of(url: DbURL) -> dict[str, object]:
+    with psycopg.connect(**url.connect_kwargs()) as conn:
+        cols = conn.execute(
+            "SELECT table_name || '.' || column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' ORDER BY 1").fetchall()
+        return {
+            "user": conn.execute("SELECT current_user").fetchone()[0],
+            "tables": sorted(r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename NOT LIKE '%yoyo%'")),
+            "columns": {c[0] for c in cols},
+            "indexes": {r[0] for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")},
+            "posts": conn.execute("SELECT count(*) FROM posts").fetchone()[0],
+        }
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Path:
+    """A private copy of the posts migrations (so editing one affects only this test)."""
+    d = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, d)
+    (d / "0000_test_marker.sql").write_text(f"-- unique to this test: {unique_name('m')}\n"
+                                            "SELECT 1 WHERE false;\n")
+    return d
+
+
+def settings_for(app, migrations: Path) -> Settings:
+    return Settings.load(flags={"admin_url": app.pg.render(reveal=True),
+                                "migrations": str(migrations)}, environ={}, cwd=app.cwd)
+
+
+# -- 1. testdb create --count 5 / drop -------------------------------------------------------
+def test_create_count_5_full_posts_schema_then_drop_removes_all(app, admin_conn, migrations):
+    prefix = unique_name("ci") + "_"
+    r = app.cli("testdb", "create", "--count", "5", "--prefix", prefix, "--json", "--reveal",
+                DBKIT_MIGRATIONS=str(migrations))
+    assert r.code == 0, r.output
+    out = json.loads(r.out)
+    app.extra_dbs += out["databases"]
+    assert out["databases"] == [f"{prefix}{i}" for i in range(1, 6)]
+    assert dbs_with(admin_conn, prefix) == sorted(out["databases"])
+    for url in out["urls"]:
+        s = schema_of(DbURL.parse(url))
+        assert s["user"] == testdb.OWNER  # the dedicated role, not the admin
+        assert s["tables"] == ["posts", "users", "votes"]
+        assert "posts.owner_id" in s["columns"] and "users.email" in s["columns"]
+        assert {"posts_owner_id_idx", "votes_user_id_idx", "users_email_lower_key"} <= s["indexes"]
+    # isolated: a row in one is not in another
+    first, second = (DbURL.parse(u) for u in out["urls"][:2])
+    with psycopg.connect(**first.connect_kwargs()) as conn:
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('a@x', '!')")
+    with psycopg.connect(**second.connect_kwargs()) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 0
+    # the template cannot be connected to (so cloning it never fails on a stray session)
+    tpl = out["template"]
+    assert admin_conn.execute("SELECT datistemplate, NOT datallowconn FROM pg_database"
+                              " WHERE datname = %s", (tpl,)).fetchone() == (True, True)
+
+    d = app.cli("testdb", "drop", "--prefix", prefix, "--json", DBKIT_MIGRATIONS=str(migrations))
+    assert d.code == 0, d.output
+    assert sorted(json.loads(d.out)["dropped"]) == sorted(out["databases"])
+    assert dbs_with(admin_conn, prefix) == []
+    again = app.cli("testdb", "drop", "--prefix", prefix)
+    assert again.code == 0 and "nothing to drop" in again.out
+
+
+def test_create_twice_replaces_and_text_output_masks_password(app, admin_conn, migrations):
+    prefix = unique_name("tw") + "_"
+    app.extra_dbs += [f"{prefix}1", f"{prefix}2"]
+    env = {"DBKIT_MIGRATIONS": str(migrations)}
+    assert app.cli("testdb", "create", "--count", "2", "--prefix", prefix, **env).code == 0
+    r = app.cli("testdb", "create", "--count", "2", "--prefix", prefix, **env)
+    assert r.code == 0, r.output
+    assert "(up to date)" in r.out and ":***@" in r.out
+    password = testdb.owner_password(app.pg)
+    assert password and password not in r.output
+    assert dbs_with(admin_conn, prefix) == [f"{prefix}1", f"{prefix}2"]
+
+
+def test_drop_and_create_leave_databases_of_others_alone(app, admin_conn, migrations):
+    prefix = unique_name("fo") + "_"
+    foreign = f"{prefix}1"  # same name pattern, not made by dbkit
+    admin_conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(foreign)))
+    app.extra_dbs.append(foreign)
+    env = {"DBKIT_MIGRATIONS": str(migrations)}
+    r = app.cli("testdb", "create", "--prefix", prefix, **env)
+    assert r.code == 7 and "not a dbkit test database" in r.err
+    assert app.cli("testdb", "drop", "--prefix", prefix, **env).code == 0
+    assert dbs_with(admin_conn, prefix) == [foreign]
+    bad = app.cli("testdb", "create", "--prefix", "dbkit_tpl_x", **env)
+    assert bad.code == 6 and "overlaps" in bad.err and "Traceback" not in bad.output
+
+
+# -- 2. editing a migration rebuilds the template -------------------------------------------
+def test_editing_a_migration_rebuilds_the_template(app, admin_conn, migrations):
+    prefix = unique_name("ed") + "_"
+    app.extra_dbs.append(f"{prefix}1")
+    env = {"DBKIT_MIGRATIONS": str(migrations)}
+    first = json.loads(app.cli("testdb", "create", "--prefix", prefix, "--json", "--reveal",
+                               **env).out)
+    assert first["template_built"] is True
+    assert "posts.subtitle" not in schema_of(DbURL.parse(first["urls"][0]))["columns"]
+    same = json.loads(app.cli("testdb", "create", "--prefix", prefix, "--json", **env).out)
+    assert same["template"] == first["template"] and same["template_built"] is False
+
+    edited = migrations / "0001_create_posts.sql"
+    edited.write_text(edited.read_text().replace("title      text        NOT NULL,",
+                                                 "title      text        NOT NULL,\n"
+                                                 "    subtitle   text,"))
+    r = app.cli("testdb", "create", "--prefix", prefix, "--json", "--reveal", **env)
+    assert r.code == 0, r.output
+    rebuilt = json.loads(r.out)
+    assert rebuilt["template_built"] is True and rebuilt["template"] != first["template"]
+    assert "posts.subtitle" in schema_of(DbURL.parse(rebuilt["urls"][0]))["columns"]
+    # the stale template of this migrations directory is gone, the new one is the only one
+    assert admin_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (first["template"],)).fetchone() is None
+    app.extra_dbs.append(rebuilt["template"])
+
+
+def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
+    """Several processes/workers asking at once: one builds, the others wait and reuse it."""
+    s = settings_for(app, migrations)
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            session = testdb.CloneSession(s, worker="t")
+            results.append(session.template)
+            url = session.clone()
+            results.append(schema_of(url)["tables"])
+            session.close()
+        except Exception as exc:  # surfaced by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    templates = [r for r in results if isinstance(r, testdb.Template)]
+    assert len(templates) == 4, results
+    assert len({t.name for t in templates}) == 1
+    assert sum(t.built for t in templates) == 1
+    assert [r for r in results if isinstance(r, list)] == [["posts", "users", "votes"]] * 4
+    assert admin_conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s",
+                              (testdb.BUILD_PREFIX + "%",)).fetchone()[0] == 0
+    app.extra_dbs.append(templates[0].name)
+
+
+# -- stale clones: a dead session's are collected, a live one's are not ---------------------
+def test_clones_of_a_dead_session_are_collected_live_ones_kept(app, admin_conn, migrations):
+    s = settings_for(app, migrations)
+    live = testdb.CloneSession(s, worker="gw0")
+    dead = testdb.CloneSession(s, worker="gw1")
+    try:
+        live_db = live.clone().dbname
+        dead_db = dead.clone().dbname
+        dead.conn.close()  # what a SIGKILL does: the server ends the session and its lock
+        nxt = testdb.CloneSession(s)
+        try:
+            assert dead_db in nxt.collected and live_db not in nxt.collected
+            names = dbs_with(admin_conn, testdb.PLUGIN_PREFIX)
+            assert dead_db not in names and live_db in names
+        finally:
+            nxt.close()
+    finally:
+        live.close()
+    assert live_db not in dbs_with(admin_conn, testdb.PLUGIN_PREFIX)
+
+
+# -- 4. reset ---------------------------------------------------------------------------------
+@pytest.fixture
+def app_with_row(app):
+    assert app.cli("create").code == 0
+    with app.connect() as conn:
+        conn.execute("CREATE TABLE keep (v text)")
+        conn.execute("INSERT INTO keep VALUES ('precious')")
+    return app
+
+
+def rows(app) -> list[tuple[str]]:
+    with app.connect() as conn:
+        return conn.execute("SELECT v FROM keep").fetchall()
+
+
+def test_reset_refused_in_production_and_data_stays(app_with_row):
+    app = app_with_row
+    r = app.cli("reset", "--yes", DBKIT_ENV="production")
+    assert r.code == 16, r.output
+    assert "refused in production" in r.err and "Traceback" not in r.output
+    assert rows(app) == [("precious",)]
+    r = app.cli("reset", "--yes", "--env", "production")
+    assert r.code == 16 and "refused" in r.err
+    # a development flag does not lift a production environment
+    r = app.cli("reset", "--yes", "--env", "development", DBKIT_ENV="production")
+    assert r.code == 16
+    assert rows(app) == [("precious",)]
+
+
+def test_reset_needs_yes_off_a_terminal(app_with_row):
+    r = app_with_row.cli("reset")
+    assert r.code == 16 and "--yes" in r.err
+    assert rows(app_with_row) == [("precious",)]
+
+
+def test_reset_drops_and_sets_up_again(app_with_row):
+    app = app_with_row
+    r = app.cli("reset", "--yes", "--json", DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert r.code == 0, r.output
+    steps = [s["step"] for s in json.loads(r.out)["steps"]]
+    assert steps == ["create", "migrate", "seed"]
+    with app.connect() as conn:
+        assert conn.execute("SELECT to_regclass('keep')").fetchone()[0] is None
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] > 0
+
+
+# -- 5. wait ----------------------------------------------------------------------------------
+def test_wait_closed_port_fails_after_about_the_timeout(app):
+    closed = DbURL(user="postgres", password="s3cr3t-xyz", host="127.0.0.1", port=free_port(),
+                   dbname="postgres")
+    started = time.monotonic()
+    r = app.cli("wait", "--timeout", "2", DBKIT_ADMIN_URL=closed.render(reveal=True))
+    elapsed = time.monotonic() - started
+    assert r.code == 4, r.output
+    assert 1.8 <= elapsed <= 3.0, elapsed
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    assert f"127.0.0.1:{closed.port}" in r.err and "did not accept connections within 2s" in r.err
+    assert "s3cr3t-xyz" not in r.output
+
+
+def test_wait_returns_at_once_when_the_server_is_up(app):
+    started = time.monotonic()
+    r = app.cli("wait", "--timeout", "10", "--json")
+    assert r.code == 0, r.output
+    assert time.monotonic() - started < 1.0
+    assert json.loads(r.out)["url"] == str(app.pg)
+    # no login is needed to see the server is up (like pg_isready): a wrong password is fine
+    wrong = app.pg.with_(password="definitely-wrong")
+    assert app.cli("wait", "--timeout", "5", DBKIT_ADMIN_URL=wrong.render(reveal=True)).code == 0
