@@ -1,0 +1,276 @@
+"""dbkit lint: every rule has a failing and a passing example, a suppressed statement passes, and
+the passing examples really run on PostgreSQL the way the linter assumes (issue 7, line 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dbkit.errors import ConfigError
+from dbkit.lint import is_transactional, lint_file, lint_paths, lint_sql, rules
+from dbkit.lint_rules import RULES
+
+REPO = Path(__file__).resolve().parent.parent
+NT = "-- transactional: false\n"
+
+# What every example runs against: tables that "already exist" (not created by the example).
+BASE = """
+CREATE TABLE parent (id bigint PRIMARY KEY);
+CREATE TABLE u (id bigint PRIMARY KEY, a bigint, b text, c varchar(10));
+CREATE INDEX u_a_idx ON u (a);
+CREATE UNIQUE INDEX u_b_uidx ON u (b);
+ALTER TABLE u ADD CONSTRAINT u_a_nonneg CHECK (a >= 0) NOT VALID;
+INSERT INTO parent VALUES (1), (2);
+INSERT INTO u VALUES (1, 1, 'one', 'x'), (2, 2, 'two', 'y');
+"""
+
+# rule -> (failing example, passing example). Each failing example yields exactly that rule.
+EXAMPLES: dict[str, tuple[str, str]] = {
+    "index-not-concurrent": ("CREATE INDEX u_c_idx ON u (c);",
+                             NT + "CREATE INDEX CONCURRENTLY u_c_idx ON u (c);"),
+    "drop-index-not-concurrent": ("DROP INDEX u_a_idx;", NT + "DROP INDEX CONCURRENTLY u_a_idx;"),
+    "add-column-not-null": ("ALTER TABLE u ADD COLUMN d bigint NOT NULL;",
+                            "ALTER TABLE u ADD COLUMN d bigint NOT NULL DEFAULT 0;"),
+    "add-column-rewrite": ("ALTER TABLE u ADD COLUMN d timestamptz DEFAULT clock_timestamp();",
+                           "ALTER TABLE u ADD COLUMN d timestamptz DEFAULT now();"),
+    "column-type-change": ("ALTER TABLE u ALTER COLUMN a TYPE text;",
+                           "ALTER TABLE u ADD COLUMN a_text text;"),
+    "set-not-null": ("ALTER TABLE u ALTER COLUMN a SET NOT NULL;",
+                     NT + "ALTER TABLE u ADD CONSTRAINT u_a_nn CHECK (a IS NOT NULL) NOT VALID;\n"
+                     "ALTER TABLE u VALIDATE CONSTRAINT u_a_nn;\n"
+                     "ALTER TABLE u ALTER COLUMN a SET NOT NULL;"),
+    "constraint-not-valid": (
+        "ALTER TABLE u ADD CONSTRAINT u_a_fk FOREIGN KEY (a) REFERENCES parent (id);",
+        "ALTER TABLE u ADD CONSTRAINT u_a_fk FOREIGN KEY (a) REFERENCES parent (id) NOT VALID;"),
+    "unique-without-index": ("ALTER TABLE u ADD CONSTRAINT u_b_key UNIQUE (b);",
+                             "ALTER TABLE u ADD CONSTRAINT u_b_key UNIQUE USING INDEX u_b_uidx;"),
+    "drop-table": ("DROP TABLE parent;",
+                   "CREATE TABLE scratch (x bigint);\nDROP TABLE scratch;"),
+    "drop-column": ("ALTER TABLE u DROP COLUMN c;",
+                    "CREATE TABLE scratch (x bigint, y text);\nALTER TABLE scratch DROP COLUMN y;"),
+    "truncate": ("TRUNCATE u;", "CREATE TABLE scratch (x bigint);\nTRUNCATE scratch;"),
+    "rename-table": ("ALTER TABLE u RENAME TO u2;",
+                     "CREATE TABLE scratch (x bigint);\nALTER TABLE scratch RENAME TO scratch2;\n"
+                     "ALTER TABLE scratch2 ADD COLUMN y bigint NOT NULL;"),
+    "rename-column": ("ALTER TABLE u RENAME COLUMN c TO c2;",
+                      "CREATE TABLE scratch (x bigint);\nALTER TABLE scratch RENAME x TO y;"),
+    "vacuum-full": (NT + "VACUUM FULL u;", NT + "VACUUM (ANALYZE) u;"),
+    "cluster": ("CLUSTER u USING u_pkey;",
+                "CREATE TABLE scratch (x bigint PRIMARY KEY);\nCLUSTER scratch USING scratch_pkey;"),
+    "lock-table": ("LOCK TABLE u;", "LOCK TABLE u IN SHARE UPDATE EXCLUSIVE MODE;"),
+    "concurrently-in-transaction": ("CREATE INDEX CONCURRENTLY u_c_idx ON u (c);",
+                                    NT + "CREATE INDEX CONCURRENTLY u_c_idx ON u (c);"),
+    "bad-ignore": ("-- dbkit: ignore no-such-rule\nSELECT 1;",
+                   "-- dbkit: ignore drop-table\nSELECT 1;"),
+    "parse-error": ("CREATE TABLE (;", "SELECT 1;"),
+}
+META = {"bad-ignore", "parse-error"}  # about the file itself: not suppressible
+
+
+def test_every_rule_has_examples() -> None:
+    assert set(EXAMPLES) == set(RULES)
+    assert [r["id"] for r in rules()] == list(RULES)
+
+
+@pytest.mark.parametrize("rule", list(EXAMPLES))
+def test_failing_example(rule: str) -> None:
+    found = lint_sql(EXAMPLES[rule][0], "m.sql")
+    assert [f.rule for f in found] == [rule], found
+    f = found[0]
+    assert f.path == "m.sql" and f.line >= 1 and f.message and f.fix == RULES[rule].fix
+    assert set(f.to_dict()) == {"rule", "path", "line", "message", "fix"}
+
+
+@pytest.mark.parametrize("rule", list(EXAMPLES))
+def test_passing_example(rule: str) -> None:
+    assert lint_sql(EXAMPLES[rule][1], "m.sql") == []
+
+
+@pytest.mark.parametrize("rule", [r for r in EXAMPLES if r not in META])
+def test_suppressed_statement_passes(rule: str) -> None:
+    bad = EXAMPLES[rule][0]
+    line = lint_sql(bad)[0].line
+    lines = bad.splitlines()
+    lines.insert(line - 1, f"-- dbkit: ignore {rule}")
+    assert lint_sql("\n".join(lines)) == []
+
+
+@pytest.mark.parametrize("rule", [r for r in EXAMPLES if r not in META])
+def test_passing_example_runs_on_postgresql(rule: str, app) -> None:  # noqa: ANN001
+    """The safe forms the linter accepts are real, working SQL (run on an existing table)."""
+    assert app.cli("create").code == 0
+    with app.connect(autocommit=True) as conn:
+        conn.execute(BASE)
+        _run_migration(conn, EXAMPLES[rule][1])
+
+
+def _run_migration(conn: psycopg.Connection, text: str) -> None:
+    """As yoyo does: one transaction, or each statement on its own (transactional: false)."""
+    import pglast
+
+    stmts = [text[r.stmt_location:r.stmt_location + r.stmt_len] if r.stmt_len
+             else text[r.stmt_location:] for r in pglast.parse_sql(text)]
+    if is_transactional(text):
+        with conn.transaction():
+            for stmt in stmts:
+                conn.execute(sql.SQL(stmt))  # type: ignore[arg-type]
+    else:
+        for stmt in stmts:
+            conn.execute(sql.SQL(stmt))  # type: ignore[arg-type]
+
+
+def test_findings_are_real_failures_on_postgresql(app) -> None:  # noqa: ANN001
+    """Two findings shown to be what they claim on a real server: the migration fails."""
+    assert app.cli("create").code == 0
+    with app.connect(autocommit=True) as conn:
+        conn.execute(BASE)
+        with pytest.raises(psycopg.errors.ActiveSqlTransaction):
+            _run_migration(conn, EXAMPLES["concurrently-in-transaction"][0])
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            _run_migration(conn, EXAMPLES["add-column-not-null"][0])
+
+
+def test_existing_table_means_not_created_earlier_in_the_same_file() -> None:
+    created_here = ("CREATE TABLE n (id bigint, a bigint, b text);\n"
+                    "CREATE INDEX n_a ON n (a);\n"
+                    "ALTER TABLE n ADD COLUMN c bigint NOT NULL;\n"
+                    "ALTER TABLE n ALTER COLUMN a TYPE text, ALTER COLUMN b SET NOT NULL;\n"
+                    "ALTER TABLE n ADD CONSTRAINT n_fk FOREIGN KEY (id) REFERENCES u (id);\n"
+                    "ALTER TABLE n ADD CONSTRAINT n_b UNIQUE (b);\n"
+                    "LOCK TABLE n;\n")
+    assert lint_sql(created_here) == []
+    # the same statements on a table created earlier (another migration) are all findings
+    earlier = created_here.replace("CREATE TABLE n (id bigint, a bigint, b text);\n", "")
+    assert [f.rule for f in lint_sql(earlier)] == [
+        "index-not-concurrent", "add-column-not-null", "column-type-change", "set-not-null",
+        "constraint-not-valid", "unique-without-index", "lock-table"]
+    # an index created in this file may be dropped without CONCURRENTLY
+    assert lint_sql("CREATE TABLE n (a bigint);\nCREATE INDEX n_a ON n (a);\nDROP INDEX n_a;") == []
+    # schema-qualified names: a different schema is a different table
+    assert [f.rule for f in lint_sql("CREATE TABLE a.t (x int);\nDROP TABLE b.t;")] == ["drop-table"]
+    assert lint_sql("CREATE TABLE a.t (x int);\nDROP TABLE a.t;") == []
+
+
+def test_validate_in_the_same_transaction_is_a_finding_but_not_without_one() -> None:
+    both = ("ALTER TABLE u ADD CONSTRAINT c CHECK (a > 0) NOT VALID;\n"
+            "ALTER TABLE u VALIDATE CONSTRAINT c;\n")
+    found = lint_sql(both)
+    assert [(f.rule, f.line) for f in found] == [("constraint-not-valid", 2)]
+    assert lint_sql(NT + both) == []
+    assert lint_sql("ALTER TABLE u VALIDATE CONSTRAINT c;") == []  # added by an earlier migration
+
+
+def test_set_not_null_needs_a_validated_check_on_that_column() -> None:
+    checked = ("ALTER TABLE u ADD CONSTRAINT c CHECK (a IS NOT NULL) NOT VALID;\n"
+               "ALTER TABLE u ALTER COLUMN a SET NOT NULL;")  # not validated: still a scan
+    assert [f.rule for f in lint_sql(checked, transactional=False)] == ["set-not-null"]
+    other = (NT + "ALTER TABLE u ADD CONSTRAINT c CHECK (b IS NOT NULL) NOT VALID;\n"
+             "ALTER TABLE u VALIDATE CONSTRAINT c;\nALTER TABLE u ALTER COLUMN a SET NOT NULL;")
+    assert [f.rule for f in lint_sql(other)] == ["set-not-null"]
+
+
+def test_rewrite_and_inline_constraints_on_added_columns() -> None:
+    cases = {
+        "ALTER TABLE u ADD COLUMN d bigserial;": ["add-column-rewrite"],
+        "ALTER TABLE u ADD COLUMN d bigint GENERATED ALWAYS AS IDENTITY;": ["add-column-rewrite"],
+        "ALTER TABLE u ADD COLUMN d bigint GENERATED ALWAYS AS (a * 2) STORED;":
+            ["add-column-rewrite"],
+        "ALTER TABLE u ADD COLUMN d uuid DEFAULT gen_random_uuid();": ["add-column-rewrite"],
+        "ALTER TABLE u ADD COLUMN d text DEFAULT lower('X');": [],
+        "ALTER TABLE u ADD COLUMN d jsonb NOT NULL DEFAULT '{}'::jsonb;": [],
+        "ALTER TABLE u ADD COLUMN d bigint REFERENCES parent (id);": ["constraint-not-valid"],
+        "ALTER TABLE u ADD COLUMN d bigint CHECK (d > 0);": ["constraint-not-valid"],
+        "ALTER TABLE u ADD COLUMN d bigint UNIQUE;": ["unique-without-index"],
+        "ALTER TABLE u ADD PRIMARY KEY (id);": ["unique-without-index"],
+    }
+    for text, expected in cases.items():
+        assert [f.rule for f in lint_sql(text)] == expected, text
+
+
+def test_concurrently_forms_inside_a_transaction() -> None:
+    for text in ("DROP INDEX CONCURRENTLY i;", "REINDEX INDEX CONCURRENTLY i;",
+                 "ALTER TABLE p DETACH PARTITION c CONCURRENTLY;"):
+        assert [f.rule for f in lint_sql(text)] == ["concurrently-in-transaction"], text
+        assert lint_sql(NT + text) == [], text
+
+
+def test_lines_point_at_the_statement_and_suppression_stays_local() -> None:
+    text = ("-- header comment\n\n"
+            "CREATE TABLE n (x bigint);\n"
+            "ALTER TABLE u\n    DROP COLUMN c;  -- dbkit: ignore drop-column\n"
+            "ALTER TABLE u DROP COLUMN b;\n"
+            "/* a block comment */\n"
+            "-- dbkit: ignore truncate, drop-table\n"
+            "DROP TABLE parent;\n"
+            "TRUNCATE u;\n")
+    found = lint_sql(text, "f.sql")
+    assert [(f.rule, f.line) for f in found] == [("drop-column", 6), ("truncate", 10)]
+    # the ignore comment is text the parser would also skip inside a string: no effect there
+    assert [f.rule for f in lint_sql("SELECT '-- dbkit: ignore truncate';\nTRUNCATE u;")] == [
+        "truncate"]
+
+
+def test_transactional_directive_is_read_like_yoyo() -> None:
+    assert is_transactional("CREATE INDEX CONCURRENTLY i ON u (a);")
+    assert not is_transactional("-- a comment\n-- transactional: false\nSELECT 1;")
+    assert not is_transactional("--transactional:FALSE\nSELECT 1;")
+    assert is_transactional("SELECT 1;\n-- transactional: false\n")  # only the header counts
+
+
+def test_parse_error_names_the_line() -> None:
+    found = lint_sql("SELECT 1;\n\nCREATE TABLE (;\n", "bad.sql")
+    assert [(f.rule, f.line) for f in found] == [("parse-error", 3)]
+    assert "syntax error" in found[0].message
+
+
+def test_lint_paths_directories_files_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("DROP TABLE parent;\n")
+    (tmp_path / "0001_a.rollback.sql").write_text("DROP TABLE a;\n")  # undo: not linted
+    (tmp_path / "0002_b.sql").write_text("SELECT 1;\nTRUNCATE u;\n")
+    (tmp_path / "notes.txt").write_text("DROP TABLE x;\n")
+    found = lint_paths([tmp_path])
+    assert [(Path(f.path).name, f.line, f.rule) for f in found] == [
+        ("0001_a.sql", 1, "drop-table"), ("0002_b.sql", 2, "truncate")]
+    assert [f.rule for f in lint_file(tmp_path / "0001_a.rollback.sql")] == ["drop-table"]
+    with pytest.raises(ConfigError):
+        lint_paths([tmp_path / "missing.sql"])
+    with pytest.raises(ConfigError):
+        lint_file(tmp_path / "notes.txt")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="0003_add_post_owner.sql validates its NOT VALID CHECK and "
+                   "FOREIGN KEY in the same transaction that added them (lines 20, 26), so the "
+                   "scans run under the ADD's lock: a real finding, reported to the lead; strict, "
+                   "so this fails loudly once 0003 is fixed and the marker must go")
+def test_shipped_migrations_lint_clean() -> None:
+    migrations = REPO / "dbkit" / "migrations"
+    assert sorted(migrations.glob("0*.sql"))
+    assert lint_paths([migrations]) == []
+
+
+def test_cli_exit_codes_text_and_json(app) -> None:  # noqa: ANN001
+    mig = app.cwd / "migrations"
+    mig.mkdir()
+    (mig / "0001_ok.sql").write_text("CREATE TABLE t (id bigint);\nCREATE INDEX t_id ON t (id);\n")
+    r = app.cli("lint")
+    assert r.code == 0, r.output
+    assert "1 file(s) checked" in r.out
+    (mig / "0002_bad.sql").write_text("SELECT 1;\nALTER TABLE t RENAME COLUMN id TO ident;\n")
+    r = app.cli("lint")
+    assert r.code == 12, r.output
+    assert "0002_bad.sql:2: [rename-column]" in r.out and "fix:" in r.out
+    assert r.err.startswith("dbkit: error: 1 unsafe statement(s) in 1 file(s)")
+    r = app.cli("lint", "--json", str(mig / "0002_bad.sql"))
+    assert r.code == 12
+    data = json.loads(r.out)
+    assert data["files"] == 1
+    assert [(d["rule"], d["line"]) for d in data["findings"]] == [("rename-column", 2)]
+    r = app.cli("lint", "nowhere.sql")
+    assert r.code == 3 and "does not exist" in r.err
+    r = app.cli("lint", "--rules", "--json")
+    assert r.code == 0 and len(json.loads(r.out)) == len(RULES)
