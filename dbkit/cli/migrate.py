@@ -1,0 +1,170 @@
+"""dbkit migrate / rollback / status / verify / new / history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dbkit.cli import cli, emit, settings
+
+_MIGRATIONS_HELP = "Migrations directory (DBKIT_MIGRATIONS; default ./migrations, else the packaged ones)."
+
+
+def _migrations_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--migrations", "migrations", type=click.Path(file_okay=False),
+                        default=None, help=_MIGRATIONS_HELP)(f)
+
+
+def _timeout_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--statement-timeout", default=None, metavar="DURATION",
+                     help="statement_timeout for migration statements (DBKIT_STATEMENT_TIMEOUT; "
+                     "0 = none).")(f)
+    return click.option("--lock-timeout", default=None, metavar="DURATION",
+                        help="Give up after waiting this long for the migration lock or a table "
+                        "lock, e.g. 5s, 500ms, 2min (DBKIT_LOCK_TIMEOUT; 0 = wait forever).")(f)
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        click.echo(f"dbkit: warning: {w}", err=True)
+
+
+def _render_plan(result: Any, verb: str) -> str:
+    lines = [f"-- dry run: nothing changed. Would {verb} {len(result.plan)} migration(s) on "
+             f"{result.database}:"]
+    for p in result.plan:
+        how = "one transaction" if p.transactional else "no transaction (transactional: false)"
+        lines.append(f"\n-- {p.id} ({how})")
+        lines += [s.rstrip().rstrip(";") + ";" for s in p.sql] or ["-- (no statements)"]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--to", "to", default=None, metavar="ID", help="Stop after this migration.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@_timeout_options
+@_migrations_option
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def migrate(to: str | None, dry_run: bool, lock_timeout: str | None,
+            statement_timeout: str | None, migrations: str | None, as_json: bool) -> None:
+    """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL."""
+    from dbkit import migrate as m
+
+    s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+                 migrations=migrations)
+    result = m.migrate(s, to=to, dry_run=dry_run)
+    _warn(result.warnings)
+    if dry_run:
+        emit(result.as_dict(), as_json, _render_plan(result, "apply"))
+        return
+    lines = [f"applied {r.id} ({r.duration_ms:.0f} ms)" for r in result.applied]
+    if result.applied:
+        lines.append(f"{len(result.applied)} migration(s) applied to {result.database}")
+    else:
+        lines.append(f"up to date: nothing to apply ({result.already_applied} applied)")
+    emit(result.as_dict(), as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Roll back this many migrations (default 1).")
+@click.option("--to", "to", default=None, metavar="ID",
+              help="Roll back every migration after ID (ID stays applied).")
+@click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@_timeout_options
+@_migrations_option
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool,
+             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
+             as_json: bool) -> None:
+    """Roll back applied migrations, newest first, with their .rollback.sql files."""
+    from dbkit import migrate as m
+    from dbkit.errors import ConfigError
+
+    if steps is not None and (to is not None or all_):
+        raise ConfigError("--steps cannot be combined with --to or --all")
+    s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+                 migrations=migrations)
+    result = m.rollback(s, steps=steps or 1, to=to, all=all_, dry_run=dry_run)
+    _warn(result.warnings)
+    if dry_run:
+        emit(result.as_dict(), as_json, _render_plan(result, "roll back"))
+        return
+    lines = [f"rolled back {r.id} ({r.duration_ms:.0f} ms)" for r in result.rolled_back]
+    lines.append(f"{len(result.rolled_back)} migration(s) rolled back on {result.database}"
+                 if result.rolled_back else "nothing to roll back")
+    emit(result.as_dict(), as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.option("--check", is_flag=True,
+              help="Exit 10 when any migration is pending (a deploy gate).")
+@_migrations_option
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def status(check: bool, migrations: str | None, as_json: bool) -> None:
+    """Every migration, applied (with when) or pending; warns about edited applied files."""
+    from dbkit import migrate as m
+    from dbkit.errors import PendingMigrations
+
+    report = m.status(settings(migrations=migrations))
+    _warn([d.detail for d in report.drift])
+    lines = [f"applied  {a.id:<40} {a.applied_at or '?'}" + ("" if a.file else "  (file gone)")
+             for a in report.applied]
+    lines += [f"pending  {p}" for p in report.pending]
+    lines.append(f"{len(report.applied)} applied, {len(report.pending)} pending"
+                 f" ({report.directory} on {report.database})")
+    emit(report.as_dict(), as_json, "\n".join(lines))
+    if check and report.pending:
+        raise PendingMigrations(f"{len(report.pending)} migration(s) pending: "
+                                + ", ".join(report.pending[:5])
+                                + (" …" if len(report.pending) > 5 else ""))
+
+
+@cli.command()
+@_migrations_option
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def verify(migrations: str | None, as_json: bool) -> None:
+    """Fail (exit 11) when an applied migration's file was edited, renamed or deleted."""
+    from dbkit import migrate as m
+
+    report = m.verify(settings(migrations=migrations))
+    note = (f"; {len(report.unverified)} applied outside dbkit, no checksum yet: "
+            + ", ".join(report.unverified)) if report.unverified else ""
+    emit(report.as_dict(), as_json,
+         f"ok: {len(report.applied)} applied migration(s) match their files{note}")
+
+
+@cli.command("new")
+@click.argument("name")
+@_migrations_option
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def new(name: str, migrations: str | None, as_json: bool) -> None:
+    """Write the next-numbered migration NNNN_NAME.sql and its .rollback.sql."""
+    from dbkit import migrate as m
+
+    r = m.new_migration(settings(migrations=migrations), name)
+    text = (f"created {r.path}\ncreated {r.rollback_path}" if r.created
+            else f"exists  {r.path} (not overwritten)")
+    emit(r.as_dict(), as_json, text)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the last N only.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable list.")
+def history(limit: int | None, as_json: bool) -> None:
+    """Every apply and rollback dbkit ran: who, where, when, how long, outcome."""
+    from dbkit.history import history as read_history
+
+    entries = read_history(settings(), limit=limit)
+    lines = [f"{e.started_at:%Y-%m-%d %H:%M:%S%z}  {e.direction:<8} {e.migration:<36} "
+             f"{e.outcome:<11} {_ms(e.duration_ms):>9}  {e.db_user} ({e.os_user}@{e.hostname},"
+             f" dbkit {e.dbkit_version})" + (f"  {e.error}" if e.error else "")
+             for e in entries]
+    emit([e.as_dict() for e in entries], as_json, "\n".join(lines) or "no migrations recorded yet")
+
+
+def _ms(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.0f} ms"

@@ -1,0 +1,205 @@
+"""What the database records about its migrations: yoyo's own tables, plus dbkit's checksums.
+
+yoyo's tables (``_yoyo_migration``, ``_yoyo_log``, ``_yoyo_version``, ``yoyo_lock``) are
+created by yoyo's own code on first use, so ``yoyo list`` / ``yoyo apply`` read exactly what
+dbkit writes. dbkit then writes the rows itself, on the migration's own connection and inside
+the migration's transaction: a crash can never leave a migration applied but unrecorded (yoyo
+records after the commit, on another connection).
+
+yoyo keys migrations by sha256 of the *id*, so it cannot notice an edited file; dbkit keeps
+sha256 of each applied migration's *content* in ``_dbkit_checksum`` for ``dbkit verify``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dbkit.errors import PermissionDenied
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from dbkit.migration_files import MigrationFile
+    from dbkit.settings import Settings
+    from dbkit.urls import DbURL
+
+log = logging.getLogger("dbkit")
+
+YOYO_MIGRATIONS = "_yoyo_migration"  # yoyo's default migration table name
+YOYO_LOG = "_yoyo_log"
+YOYO_VERSION = "_yoyo_version"
+YOYO_LOCK = "yoyo_lock"
+CHECKSUMS = "_dbkit_checksum"
+HISTORY = "_dbkit_history"
+ALL_TABLES = (YOYO_MIGRATIONS, YOYO_LOG, YOYO_VERSION, YOYO_LOCK, CHECKSUMS, HISTORY)
+
+
+@dataclass
+class Applied:
+    id: str
+    hash: str
+    applied_at: dt.datetime | None  # UTC
+
+
+@dataclass
+class State:
+    tables: set[str] = field(default_factory=set)
+    yoyo_version: int | None = None
+    applied: list[Applied] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def applied_hashes(self) -> set[str]:
+        return {a.hash for a in self.applied}
+
+
+def _ident(name: str):  # -> sql.Identifier
+    from psycopg import sql
+
+    return sql.Identifier(name)
+
+
+def read_state(conn: psycopg.Connection) -> State:
+    """Read-only: which bookkeeping tables exist, what is applied, the recorded checksums."""
+    from psycopg import sql
+
+    row = conn.execute("SELECT current_schema()").fetchone()
+    if row is None or row[0] is None:
+        raise PermissionDenied("no schema to keep migrations in: the search_path is empty",
+                               hint="set a search_path for the role (e.g. public)")
+    tables = {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = to_regnamespace(current_schema())"
+        " AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)", (list(ALL_TABLES),))}
+    state = State(tables=tables)
+    if YOYO_VERSION in tables:
+        state.yoyo_version = conn.execute(
+            sql.SQL("SELECT max(version) FROM {}").format(_ident(YOYO_VERSION))).fetchone()[0]
+    if YOYO_MIGRATIONS in tables:
+        state.applied = [Applied(*r) for r in conn.execute(sql.SQL(
+            "SELECT migration_id, migration_hash, applied_at_utc FROM {}"
+            " ORDER BY applied_at_utc, migration_id").format(_ident(YOYO_MIGRATIONS)))]
+    if CHECKSUMS in tables:
+        state.checksums = dict(conn.execute(sql.SQL(
+            "SELECT migration_id, checksum FROM {}").format(_ident(CHECKSUMS))).fetchall())
+    return state
+
+
+def ensure_tables(conn: psycopg.Connection, url: DbURL, settings: Settings, state: State) -> State:
+    """Create missing bookkeeping tables (the caller holds the migration lock)."""
+    from psycopg import sql
+    from yoyo import internalmigrations
+
+    yoyo_ready = ({YOYO_MIGRATIONS, YOYO_LOG, YOYO_VERSION, YOYO_LOCK} <= state.tables
+                  and (state.yoyo_version or 0) >= max(internalmigrations.schema_versions))
+    if yoyo_ready and {CHECKSUMS, HISTORY} <= state.tables:
+        return state
+    can_create = conn.execute(
+        "SELECT has_schema_privilege(current_schema(), 'CREATE'), current_schema()").fetchone()
+    if not can_create[0]:
+        raise PermissionDenied(
+            f"role {url.user!r} cannot create the migration bookkeeping tables in schema "
+            f"{can_create[1]!r} (no CREATE privilege)",
+            hint="run migrations as the database owner (DATABASE_URL from dbkit create)")
+    if not yoyo_ready:
+        _yoyo_bootstrap(url, settings, state)
+    from dbkit.history import create_table
+
+    with conn.transaction():
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (migration_id varchar(255) PRIMARY KEY,"
+            " checksum char(64) NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())"
+        ).format(_ident(CHECKSUMS)))
+        create_table(conn)
+    return read_state(conn)
+
+
+def _yoyo_bootstrap(url: DbURL, settings: Settings, state: State) -> None:
+    """Let yoyo create (or upgrade) its own tables, with its own code."""
+    from yoyo import internalmigrations
+    from yoyo.backends import get_backend_class
+    from yoyo.connections import DatabaseURI
+
+    # Built field by field (no URL string): the password is never rendered, and names need no
+    # quoting (yoyo does not unquote the database name of a URL).
+    args = dict(url.params)
+    args.setdefault("connect_timeout", str(max(1, round(float(settings.connect_timeout)))))
+    args.setdefault("application_name", "dbkit migrate")
+    uri = DatabaseURI(scheme="postgresql+psycopg", username=url.user, password=url.password,
+                      hostname=url.host, port=url.port, database=url.dbname, args=args)
+    backend = get_backend_class("postgresql+psycopg")(uri, YOYO_MIGRATIONS)
+    try:
+        if YOYO_LOCK not in state.tables:
+            backend.create_lock_table()
+        if internalmigrations.needs_upgrading(backend):
+            # dbkit already holds its migration lock: yoyo's lock row (which a crash would
+            # leave behind) is not needed here.
+            internalmigrations.upgrade(backend)
+        log.info("created yoyo's bookkeeping tables")
+    finally:
+        backend.connection.close()
+
+
+def _who() -> tuple[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = str(os.getuid())
+    return user[:255], socket.gethostname()[:255]
+
+
+def record(conn: psycopg.Connection, mf: MigrationFile, direction: str) -> None:
+    """yoyo's rows for an apply/rollback, plus dbkit's checksum; in the caller's transaction."""
+    from psycopg import sql
+
+    user, host = _who()
+    if direction == "apply":
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (migration_hash, migration_id, applied_at_utc)"
+            " VALUES (%s, %s, clock_timestamp() AT TIME ZONE 'UTC')"
+        ).format(_ident(YOYO_MIGRATIONS)), (mf.hash, mf.id))
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (migration_id, checksum) VALUES (%s, %s)"
+            " ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum,"
+            " recorded_at = now()").format(_ident(CHECKSUMS)), (mf.id, mf.checksum))
+    else:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE migration_hash = %s").format(
+            _ident(YOYO_MIGRATIONS)), (mf.hash,))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE migration_id = %s").format(
+            _ident(CHECKSUMS)), (mf.id,))
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (id, migration_hash, migration_id, operation, username, hostname,"
+        " comment, created_at_utc) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+        " clock_timestamp() AT TIME ZONE 'UTC')").format(_ident(YOYO_LOG)),
+        (str(uuid.uuid1()), mf.hash, mf.id, direction, user, host, "dbkit"))
+
+
+def adopt(conn: psycopg.Connection, files: list[MigrationFile], state: State) -> list[str]:
+    """Checksums for migrations applied outside dbkit (yoyo's CLI): trusted on first sight.
+    Checksums of migrations no longer applied (rolled back by yoyo) are dropped."""
+    from psycopg import sql
+
+    applied_ids = {a.id for a in state.applied}
+    by_id = {f.id: f for f in files}
+    adopted = [i for i in applied_ids if i not in state.checksums and i in by_id]
+    stale = [i for i in state.checksums if i not in applied_ids]
+    if not adopted and not stale:
+        return []
+    with conn.transaction():
+        for mid in adopted:
+            conn.execute(sql.SQL("INSERT INTO {} (migration_id, checksum) VALUES (%s, %s)"
+                                 " ON CONFLICT DO NOTHING").format(_ident(CHECKSUMS)),
+                         (mid, by_id[mid].checksum))
+            state.checksums[mid] = by_id[mid].checksum
+        if stale:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE migration_id = ANY(%s)").format(
+                _ident(CHECKSUMS)), (stale,))
+            for mid in stale:
+                state.checksums.pop(mid, None)
+    return sorted(adopted)

@@ -1,0 +1,142 @@
+"""The migration lock: one ``dbkit migrate``/``rollback`` per database at a time.
+
+Held as ``pg_advisory_xact_lock`` inside a transaction that stays open on a dedicated
+connection for the whole run. PostgreSQL releases it when that transaction or connection ends,
+so a SIGKILLed process never leaves a lock behind; and because it is transaction-scoped, it
+works behind PgBouncer in transaction pooling mode (the open transaction pins the server
+connection), unlike a session advisory lock.
+
+In the same transaction dbkit inserts yoyo's lock row and never commits it: a ``yoyo apply``
+started meanwhile waits for dbkit instead of racing it, and the row vanishes with the
+transaction. A *committed* row left by a yoyo process is reported, never removed silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from dbkit.db import connect
+from dbkit.errors import LockTimeout
+from dbkit.ledger import YOYO_LOCK
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from dbkit.settings import Settings
+    from dbkit.urls import DbURL
+
+log = logging.getLogger("dbkit")
+
+# pg_advisory_xact_lock(int4, int4): a fixed class id for dbkit plus 1 for "migrations".
+# Advisory locks are per database, so one key serves every database on a server.
+LOCK_CLASS = 0x64626B74  # "dbkt"
+LOCK_ID = 1
+LOCK_APP = "dbkit migrate (lock)"
+MIGRATE_APP = "dbkit migrate"
+
+
+def with_app(url: DbURL, name: str) -> DbURL:
+    if any(k == "application_name" for k, _ in url.params):
+        return url
+    return url.with_(params=(*url.params, ("application_name", name)))
+
+
+class MigrationLock:
+    """``with MigrationLock(url, settings, wait_ms):`` — raises LockTimeout after ``wait_ms``
+    (0 = wait forever) naming who holds the lock."""
+
+    def __init__(self, url: DbURL, settings: Settings, wait_ms: int) -> None:
+        self.url, self.settings, self.wait_ms = url, settings, wait_ms
+        self.conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> MigrationLock:
+        import psycopg
+        from psycopg import sql
+
+        conn = connect(with_app(self.url, LOCK_APP), self.settings, autocommit=True)
+        conn.prepare_threshold = None  # no prepared statements: PgBouncer transaction mode
+        self.conn = conn
+        deadline = time.monotonic() + self.wait_ms / 1000 if self.wait_ms else None
+        try:
+            while True:
+                conn.execute("BEGIN")
+                left = 0 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
+                # An idle-in-transaction timeout would end the lock mid-run.
+                conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                             " set_config('idle_in_transaction_session_timeout', '0', true)",
+                             (f"{left}ms",))
+                try:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
+                                 (LOCK_CLASS, LOCK_ID))
+                    got = self._yoyo_row(conn)
+                except psycopg.errors.LockNotAvailable:
+                    conn.execute("ROLLBACK")
+                    raise LockTimeout(self._held_by()) from None
+                if got:
+                    conn.execute("SELECT set_config('lock_timeout', '0', true)")
+                    return self
+                holder = conn.execute(sql.SQL("SELECT pid, ctime FROM {}").format(
+                    sql.Identifier(YOYO_LOCK))).fetchone()
+                conn.execute("ROLLBACK")
+                if deadline is not None and time.monotonic() >= deadline:
+                    pid, since = holder if holder else ("?", "?")
+                    raise LockTimeout(
+                        f"yoyo's lock row in {YOYO_LOCK} is held by process {pid} (since {since} "
+                        f"UTC) on {self.url.dbname}; gave up after {self.wait_ms / 1000:g}s",
+                        hint="wait for that yoyo process; if none is running, remove the stale "
+                        "row with: yoyo break-lock")
+                time.sleep(0.2)
+        except BaseException:
+            conn.close()
+            self.conn = None
+            raise
+
+    def _yoyo_row(self, conn: psycopg.Connection) -> bool:
+        """Insert yoyo's lock row (uncommitted). False when a yoyo process holds it."""
+        from psycopg import sql
+
+        table = sql.Identifier(YOYO_LOCK)
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                              (table.as_string(conn),)).fetchone()[0]
+        if not exists:
+            return True  # first run: created under this lock; nothing can hold it yet
+        row = conn.execute(sql.SQL(
+            "INSERT INTO {} (locked, ctime, pid) VALUES (1, clock_timestamp() AT TIME ZONE 'UTC',"
+            " %s) ON CONFLICT DO NOTHING RETURNING 1").format(table), (os.getpid(),)).fetchone()
+        return row is not None
+
+    def _held_by(self) -> str:
+        """Who holds the advisory lock: pid, application, user, client, for how long."""
+        wait = f"gave up after {self.wait_ms / 1000:g}s"
+        assert self.conn is not None
+        try:
+            row = self.conn.execute(
+                "SELECT a.pid, a.application_name, a.usename, a.client_addr::text,"
+                " round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = %s"
+                " AND l.objid::bigint = %s"
+                " AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database())",
+                (LOCK_CLASS, LOCK_ID)).fetchone()
+        except Exception:  # describing the holder is a courtesy; the timeout is the news
+            row = None
+        if not row:
+            return f"another migration holds the migration lock on {self.url.dbname}; {wait}"
+        pid, app, user, addr, secs = row
+        return (f"another migration holds the migration lock on {self.url.dbname}: server pid "
+                f"{pid} ({app or 'no application_name'}, role {user}, from {addr or 'local socket'},"
+                f" for {secs}s); {wait}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("ROLLBACK")  # releases the lock and yoyo's uncommitted row
+            except Exception as err:  # the connection is going away anyway; so is the lock
+                log.debug("releasing the migration lock: %s", err)
+            finally:
+                self.conn.close()
+                self.conn = None

@@ -1,0 +1,225 @@
+"""Running one migration (apply or rollback) on the migration connection, recorded atomically.
+
+A transactional migration runs as ``BEGIN; SET LOCAL timeouts; its statements; yoyo's rows;
+dbkit's checksum; history -> ok; COMMIT``: it is either applied *and* recorded, or neither,
+whatever happens to the process. A non-transactional one (``-- transactional: false``, e.g.
+CREATE INDEX CONCURRENTLY) runs statement by statement in autocommit and is recorded after its
+last statement; if the process dies in between, the next run runs it again, so such files must
+be re-runnable (IF NOT EXISTS) — and an INVALID index left by an interrupted concurrent build is
+reported, not silently kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dbkit import ledger
+from dbkit.errors import ConfigError, DbkitError, LockTimeout, MigrationError
+from dbkit.history import Recorder
+from dbkit.migration_files import MigrationFile, Statement, position, statements
+from dbkit.migration_lock import MIGRATE_APP
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from dbkit.settings import Settings
+
+log = logging.getLogger("dbkit")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    lock_ms: int
+    statement_ms: int
+
+
+@dataclass
+class Ran:
+    id: str
+    direction: str
+    transactional: bool
+    duration_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Runner:
+    def __init__(self, conn: psycopg.Connection, settings: Settings, timeouts: Timeouts) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.timeouts = timeouts
+        self.recorder = Recorder(conn)
+        # PostgreSQL 14+ notices a vanished client during a long statement: a killed dbkit's
+        # migration stops within a second instead of running on, holding its locks.
+        self.check_client = conn.info.server_version >= 140000
+
+    def prepare(self, url: Any, files: list[MigrationFile]) -> ledger.State:
+        """Under the lock: bookkeeping tables, leftovers of killed runs, yoyo-applied checksums."""
+        state = ledger.read_state(self.conn)
+        state = ledger.ensure_tables(self.conn, url, self.settings, state)
+        self._end_orphans()
+        if self.recorder.interrupted():
+            log.warning("an earlier migration run was interrupted; see dbkit history")
+        adopted = ledger.adopt(self.conn, files, state)
+        if adopted:
+            log.info("recorded checksums of migrations applied outside dbkit: %s", ", ".join(adopted))
+        return state
+
+    def _end_orphans(self) -> None:
+        """Sessions of killed dbkit runs still executing a migration statement in this database.
+
+        We hold the migration lock, so any other migration session is an orphan: its client is
+        gone and its transaction can never commit, but it may still hold table locks.
+        """
+        import psycopg
+
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND pid <> pg_backend_pid()", (MIGRATE_APP,)).fetchall()
+        if not rows:
+            return
+        pids = [r[0] for r in rows]
+        log.warning("ending %d session(s) left by a killed migration run: %s", len(pids), pids)
+        for pid in pids:
+            try:
+                self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            except psycopg.Error as exc:
+                log.warning("could not end session %s: %s", pid, exc.diag.message_primary)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
+            time.sleep(0.05)
+
+    def _set_timeouts(self, local: bool) -> None:
+        params = (f"{self.timeouts.lock_ms}ms", local, f"{self.timeouts.statement_ms}ms", local)
+        import psycopg
+
+        try:
+            if self.check_client:
+                self.conn.execute("SELECT set_config('lock_timeout', %s, %s),"
+                                  " set_config('statement_timeout', %s, %s),"
+                                  " set_config('client_connection_check_interval', '1s', %s)",
+                                  (*params, local))
+            else:
+                self.conn.execute("SELECT set_config('lock_timeout', %s, %s),"
+                                  " set_config('statement_timeout', %s, %s)", params)
+        except psycopg.errors.InvalidParameterValue as exc:
+            raise ConfigError(f"invalid timeout: {exc.diag.message_primary}") from None
+
+    def _reset_timeouts(self) -> None:
+        for name in ("lock_timeout", "statement_timeout", "client_connection_check_interval"):
+            if name != "client_connection_check_interval" or self.check_client:
+                self.conn.execute("SELECT set_config(%s, reset_val, false) FROM pg_settings"
+                                  " WHERE name = %s", (name, name))
+
+    def _exec(self, mf: MigrationFile, stmt: Statement) -> None:
+        cur = self.conn.execute(stmt.sql)  # type: ignore[arg-type] - the file's own SQL
+        if cur.description:
+            # Rows a migration SELECTs go to the log (stderr with -v), never to stdout:
+            # they would corrupt --json.
+            names = [c.name for c in cur.description]
+            for row in cur.fetchall():
+                log.info("%s: %s", mf.id, dict(zip(names, row, strict=True)))
+
+    def run(self, mf: MigrationFile, direction: str) -> Ran:
+        import psycopg
+
+        path = mf.path if direction == "apply" else mf.rollback_path
+        assert path is not None
+        stmts = statements(path)
+        entry = self.recorder.start(mf.id, direction)
+        current: Statement | None = None
+        log.info("%s %s", "applying" if direction == "apply" else "rolling back", mf.id)
+        try:
+            if mf.transactional:
+                with self.conn.transaction():
+                    self._set_timeouts(local=True)
+                    for current in stmts:
+                        self._exec(mf, current)
+                    current = None
+                    ledger.record(self.conn, mf, direction)
+                    ms = self.recorder.finish(entry, "ok")
+            else:
+                self._set_timeouts(local=False)
+                try:
+                    for current in stmts:
+                        self._exec(mf, current)
+                    current = None
+                finally:
+                    if not self.conn.broken:
+                        self._reset_timeouts()
+                self._check_invalid_indexes(mf, path)
+                with self.conn.transaction():
+                    ledger.record(self.conn, mf, direction)
+                    ms = self.recorder.finish(entry, "ok")
+        except psycopg.Error as exc:
+            err = _error(mf, path, current, exc, self.timeouts, direction)
+            self._failed(entry, err)
+            raise err from None
+        except DbkitError as err:
+            self._failed(entry, err)
+            raise
+        return Ran(mf.id, direction, mf.transactional, ms)
+
+    def _failed(self, entry: tuple[int, float], err: DbkitError) -> None:
+        import psycopg
+
+        try:
+            self.recorder.finish(entry, "failed", err.message)
+        except psycopg.Error as exc:  # the connection may be gone; the error is the news
+            log.debug("could not record the failure in history: %s", exc)
+
+    def _check_invalid_indexes(self, mf: MigrationFile, path: Path) -> None:
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE NOT i.indisvalid AND c.relnamespace = to_regnamespace(current_schema())"
+            " ORDER BY 1").fetchall()
+        if rows:
+            names = ", ".join(r[0] for r in rows)
+            raise MigrationError(
+                f"migration {path.name} ran, but index {names} is INVALID (left by an interrupted"
+                " or failed CREATE INDEX CONCURRENTLY); the migration is not recorded as applied",
+                hint=f"drop it (DROP INDEX CONCURRENTLY {rows[0][0]};) and run dbkit migrate again")
+
+
+def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception,
+           timeouts: Timeouts, direction: str) -> DbkitError:
+    import psycopg
+
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag else None) or str(exc).strip().splitlines()[0]
+    state = getattr(exc, "sqlstate", None)
+    where = path.name
+    if stmt is not None:
+        pos = diag.statement_position if diag else None
+        where = position(path, stmt, int(pos) if pos else None)
+    if stmt is None:
+        where += " (recording it)"
+    kept = ("it was rolled back" if mf.transactional else
+            "statements before it were committed (non-transactional migration) and it is not"
+            " recorded as applied")
+    detail = f"; {diag.message_detail}" if diag and diag.message_detail else ""
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return LockTimeout(
+            f"{where}: gave up waiting {timeouts.lock_ms / 1000:g}s (lock_timeout) for a lock: "
+            f"{primary}; {kept}",
+            hint="a long-running transaction holds a lock this migration needs; find it in "
+            "pg_stat_activity and retry, or raise --lock-timeout")
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return MigrationError(f"{where}: {primary} (statement_timeout "
+                              f"{timeouts.statement_ms / 1000:g}s); {kept}",
+                              hint="raise --statement-timeout / DBKIT_STATEMENT_TIMEOUT, or split "
+                              "the migration")
+    if isinstance(exc, psycopg.OperationalError) and not state:
+        return MigrationError(f"{where}: the connection was lost: {primary}; {kept}",
+                              hint="check the server, then run dbkit migrate again")
+    earlier = ""
+    if mf.transactional:
+        earlier = ("; earlier migrations stay applied" if direction == "apply"
+                   else "; migrations rolled back before it stay rolled back")
+    return MigrationError(f"{where}: {primary}{detail} (SQLSTATE {state}); {kept}{earlier}")
