@@ -523,11 +523,12 @@ def wait_ready(settings: Settings, timeout: float) -> WaitResult:
             raise ConfigError(f"cannot try to connect to {url}: invalid connection parameters")
         last = "the server is starting up or shutting down" if status == pq.Ping.REJECT \
             else "no response"
-        if time.monotonic() + 0.1 >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise ConnectError(f"server at {url} did not accept connections within "
                                f"{timeout:g}s ({last})",
                                hint="check the host/port and that the server is running")
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(0.1, left))  # the last attempt lands on the deadline
 
 
 def guard_reset(settings: Settings, env: str | None = None) -> None:

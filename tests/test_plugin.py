@@ -65,10 +65,10 @@ def test_sample_passes_under_plain_pytest_and_leaves_no_database(project, pg):
 
 
 def test_sample_passes_under_xdist_n2_and_leaves_no_database(project, pg):
-    proc = run_sample(project, pg, "-n", "2")
+    proc = run_sample(project, pg, "-n", "2", "-vv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert passed(proc) == PASSING
-    assert "2 workers" in proc.stdout
+    assert "[gw0]" in proc.stdout and "[gw1]" in proc.stdout  # both workers ran tests
     assert clones(pg) == []
 
 

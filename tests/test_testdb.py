@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -37,7 +38,7 @@ def schema_of(url: DbURL) -> dict[str, object]:
             "user": conn.execute("SELECT current_user").fetchone()[0],
             "tables": sorted(r[0] for r in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename NOT LIKE '%yoyo%'")),
+                " AND tablename !~ '^_|yoyo'")),  # not the migration bookkeeping
             "columns": {c[0] for c in cols},
             "indexes": {r[0] for r in conn.execute(
                 "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")},
@@ -46,13 +47,18 @@ def schema_of(url: DbURL) -> dict[str, object]:
 
 
 @pytest.fixture
-def migrations(tmp_path: Path) -> Path:
-    """A private copy of the posts migrations (so editing one affects only this test)."""
+def migrations(tmp_path: Path, admin_conn: psycopg.Connection) -> Iterator[Path]:
+    """A private copy of the posts migrations (so editing one affects only this test); the
+    templates built from it are dropped afterwards."""
     d = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, d)
     (d / "0000_test_marker.sql").write_text(f"-- unique to this test: {unique_name('m')}\n"
                                             "SELECT 1 WHERE false;\n")
-    return d
+    yield d
+    for (name,) in admin_conn.execute(
+            "SELECT datname FROM pg_database WHERE datistemplate"
+            " AND shobj_description(oid, 'pg_database') LIKE %s", (f'%"{d.resolve()}|%',)):
+        testdb.drop_database(admin_conn, name, template=True)
 
 
 def settings_for(app, migrations: Path) -> Settings:
@@ -146,7 +152,6 @@ def test_editing_a_migration_rebuilds_the_template(app, admin_conn, migrations):
     # the stale template of this migrations directory is gone, the new one is the only one
     assert admin_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                               (first["template"],)).fetchone() is None
-    app.extra_dbs.append(rebuilt["template"])
 
 
 def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
@@ -176,7 +181,6 @@ def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
     assert [r for r in results if isinstance(r, list)] == [["posts", "users", "votes"]] * 4
     assert admin_conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s",
                               (testdb.BUILD_PREFIX + "%",)).fetchone()[0] == 0
-    app.extra_dbs.append(templates[0].name)
 
 
 # -- stale clones: a dead session's are collected, a live one's are not ---------------------
