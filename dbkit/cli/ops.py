@@ -44,12 +44,11 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
 
 
 def _migrations_dir() -> Path:
+    """The directory dbkit migrate uses (DBKIT_MIGRATIONS, ./migrations, or the shipped ones)."""
     from dbkit.errors import ConfigError
+    from dbkit.migrate import migrations_dir
 
-    s = settings()
-    path = Path(s.migrations) if s.migrations else s.cwd / "migrations"
-    if not path.is_absolute():
-        path = s.cwd / path
+    path = migrations_dir(settings())
     if not path.is_dir():
         raise ConfigError(f"migrations directory {path} does not exist",
                           hint="pass files or directories, or set DBKIT_MIGRATIONS")

@@ -1,0 +1,398 @@
+"""``dbkit doctor``: what state is this database in, and is it safe to deploy to?
+
+Each check returns pass, warn or fail (or skip when what it needs is unavailable, e.g. the server
+is down). Warnings never fail the run; ``run`` returns the report and the CLI turns any failure
+into exit code 17 (CheckFailed). Checks read the catalog through the application's own
+connection (DATABASE_URL) and, where one is configured, the admin connection (which can see
+pg_hba_file_rules and other roles' attributes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dbkit.errors import DbkitError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from dbkit.settings import Settings
+    from dbkit.urls import DbURL
+
+log = logging.getLogger("dbkit")
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+OLDEST_SUPPORTED = 130000  # PostgreSQL 13; older majors no longer get fixes
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# auth methods by how much they protect a password-less or sniffed login
+WEAK_AUTH = {"trust": FAIL, "password": FAIL, "md5": WARN}
+LOCK_AGE_S = 5.0  # a lock held this long by an open transaction makes a migration wait
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    hint: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<4}  {self.name:<20} {self.detail}"
+        return text + (f" (hint: {self.hint})" if self.hint and self.status != PASS else "")
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = {s: sum(c.status == s for c in self.checks) for s in (PASS, WARN, FAIL, SKIP)}
+        return {"ok": not self.failed, "counts": counts, "checks": [asdict(c) for c in self.checks]}
+
+
+@dataclass
+class _Ctx:
+    settings: Settings
+    url: DbURL
+    app: psycopg.Connection | None = None
+    admin: psycopg.Connection | None = None
+    admin_problem: str = ""
+    long_tx_s: float = 300.0
+
+
+def run(settings: Settings, *, long_transaction_s: float = 300.0) -> Report:
+    """Run every check; never raises for a failed check (only for unusable settings)."""
+    from dbkit.db import connect
+
+    url = settings.app_url()
+    ctx = _Ctx(settings, url, long_tx_s=long_transaction_s)
+    report = Report()
+    try:
+        ctx.app = connect(url, settings, autocommit=True)
+    except DbkitError as exc:
+        report.checks.append(Check("server", FAIL, exc.message, exc.hint))
+    ctx.admin, ctx.admin_problem = _admin_connection(settings)
+    try:
+        for check in CHECKS:
+            if ctx.app is None and check is not _check_admin_role:
+                if check is not _check_server:  # already reported as failed above
+                    report.checks.append(Check(_name(check), SKIP, "server not reachable"))
+                continue
+            report.checks.append(_run_one(check, ctx))
+    finally:
+        for conn in (ctx.app, ctx.admin):
+            if conn is not None:
+                conn.close()
+    return report
+
+
+def _run_one(check: Callable[[_Ctx], Check], ctx: _Ctx) -> Check:
+    """A check that cannot run reports why as its failure; the others still run."""
+    import psycopg
+
+    try:
+        return check(ctx)
+    except DbkitError as exc:
+        return Check(_name(check), FAIL, exc.message, exc.hint)
+    except psycopg.Error as exc:
+        return Check(_name(check), FAIL, _first(exc))
+
+
+def _admin_connection(settings: Settings) -> tuple[psycopg.Connection | None, str]:
+    from dbkit.db import admin_url, connect
+
+    if not (settings.admin_url or settings.pg_env or settings.local):
+        return None, "no admin connection configured (DBKIT_ADMIN_URL)"
+    try:
+        return connect(admin_url(settings, start_local=settings.local), settings,
+                       autocommit=True), ""
+    except DbkitError as exc:
+        return None, f"admin connection failed: {exc.message}"
+
+
+def _check_server(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    num, version = ctx.app.execute(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+    ).fetchone()
+    if num < OLDEST_SUPPORTED:
+        return Check("server", WARN, f"PostgreSQL {version} at {ctx.url} is out of support",
+                     "upgrade to a supported major version")
+    return Check("server", PASS, f"PostgreSQL {version} at {ctx.url}")
+
+
+def _check_tls(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    if ctx.app.pgconn.ssl_in_use:
+        version = ctx.app.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                                  ).fetchone()
+        return Check("tls", PASS, f"in use ({version[0] if version else 'TLS'})")
+    local = not ctx.url.host or ctx.url.host.startswith("/") or ctx.url.host in LOCAL_HOSTS
+    if local:
+        return Check("tls", PASS, "not in use (local connection: traffic stays on this machine)")
+    status = FAIL if ctx.settings.production else WARN
+    return Check("tls", status, f"not in use: passwords and data cross the network to "
+                 f"{ctx.url.host} in clear text", "add ?sslmode=verify-full to DATABASE_URL")
+
+
+def _check_auth(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    method, source = _hba_method(ctx), "pg_hba.conf"
+    if method is None:
+        method, source = _used_method(ctx)
+    status = WEAK_AUTH.get(method, PASS)
+    if method == "trust" and not ctx.settings.production and _is_local(ctx.url):
+        status = WARN  # a developer's own server often trusts local logins
+    hint = {"trust": "anyone reaching the server logs in as this role without a password: "
+                     "use scram-sha-256 in pg_hba.conf",
+            "password": "the password crosses the wire in clear text: use scram-sha-256",
+            "md5": "md5 is deprecated: set password_encryption = scram-sha-256, re-set the "
+                   "password (dbkit create --rotate-password) and use scram-sha-256 in pg_hba.conf"}
+    return Check("auth", status, f"{method} (from {source})", hint.get(method, ""))
+
+
+def _hba_method(ctx: _Ctx) -> str | None:
+    """The first pg_hba.conf rule matching this connection, read by whoever may read it."""
+    import psycopg
+
+    assert ctx.app is not None
+    client, ssl = ctx.app.execute(
+        "SELECT inet_client_addr()::text, coalesce((SELECT ssl FROM pg_stat_ssl"
+        " WHERE pid = pg_backend_pid()), false)").fetchone()
+    groups = {r[0] for r in ctx.app.execute(
+        "SELECT b.rolname FROM pg_roles b WHERE pg_has_role(current_user, b.oid, 'MEMBER')")}
+    for conn in (ctx.admin, ctx.app):
+        if conn is None:
+            continue
+        try:
+            rows = conn.execute("SELECT type, database, user_name, address, netmask, auth_method"
+                                " FROM pg_hba_file_rules WHERE error IS NULL"
+                                " ORDER BY line_number").fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            continue
+        for typ, dbs, users, address, mask, method in rows:
+            if _hba_matches(typ, dbs, users, address, mask, client, ssl, ctx.url, groups):
+                return str(method)
+        return None
+    return None
+
+
+def _hba_matches(typ: str, dbs: list[str], users: list[str], address: str | None,
+                 mask: str | None, client: str | None, ssl: bool, url: DbURL,
+                 groups: set[str]) -> bool:
+    if client is None:
+        if typ != "local":
+            return False
+    elif typ == "local" or (typ == "hostssl" and not ssl) or (typ == "hostnossl" and ssl) \
+            or typ.startswith("hostgss"):
+        return False
+    if not any(d in ("all", url.dbname) or (d == "sameuser" and url.dbname == url.user)
+               for d in dbs):
+        return False
+    if not any(u in ("all", url.user) or (u.startswith("+") and u[1:] in groups) for u in users):
+        return False
+    if client is None or address in (None, "all"):
+        return True
+    if address in ("samehost", "samenet"):
+        return True  # cannot be judged from here; the rule is plausible
+    try:
+        net = ipaddress.ip_network(f"{address}/{mask}" if mask else address, strict=False)
+        return ipaddress.ip_address(client.split("/")[0]) in net
+    except ValueError:
+        return False  # a host name rule: cannot resolve it the way the server did
+
+
+def _used_method(ctx: _Ctx) -> tuple[str, str]:
+    """Without pg_hba_file_rules: what libpq saw during this login."""
+    assert ctx.app is not None
+    if ctx.app.info.server_version >= 160000:
+        system_user = ctx.app.execute("SELECT system_user").fetchone()[0]
+        if system_user:
+            return system_user.split(":", 1)[0], "system_user"
+    if ctx.app.pgconn.used_password:
+        enc = ctx.app.execute("SELECT current_setting('password_encryption')").fetchone()[0]
+        return f"password ({enc} by password_encryption)", "this login; pg_hba.conf not readable"
+    if ctx.app.pgconn.ssl_in_use and dict(ctx.url.params).get("sslcert"):
+        return "cert", "this login"
+    return "trust", "this login used no password; pg_hba.conf not readable"
+
+
+def _check_admin_role(ctx: _Ctx) -> Check:
+    if ctx.admin is None:
+        return Check("admin-role", WARN, ctx.admin_problem,
+                     "set DBKIT_ADMIN_URL to a role WITH CREATEROLE CREATEDB")
+    name, sup, createrole, createdb = ctx.admin.execute(
+        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
+        " WHERE rolname = current_user").fetchone()
+    if sup:
+        return Check("admin-role", PASS, f"{name} is a superuser (CREATEROLE and CREATEDB would "
+                     "be enough)")
+    missing = [p for p, ok in (("CREATEROLE", createrole), ("CREATEDB", createdb)) if not ok]
+    if missing:
+        return Check("admin-role", FAIL, f"{name} lacks {' and '.join(missing)}",
+                     f"ALTER ROLE {name} {' '.join(missing)} (as a superuser)")
+    return Check("admin-role", PASS, f"{name} has CREATEROLE and CREATEDB")
+
+
+def _check_app_role(ctx: _Ctx) -> Check:
+    conn = ctx.admin or ctx.app
+    assert conn is not None
+    names = [r for r in (ctx.url.user, ctx.settings.app_role) if r]
+    problems: list[str] = []
+    fails = False
+    for name in names:
+        row = conn.execute(
+            "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil < now(), rolcreaterole,"
+            " rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+        if row is None:
+            problems.append(f"role {name} does not exist")
+            fails = True
+            continue
+        sup, login, limit, expired, createrole, createdb, bypass = row
+        for bad, text in ((sup, "is a superuser"), (not login, "cannot log in (NOLOGIN)"),
+                          (limit == 0, "has CONNECTION LIMIT 0"), (expired, "password expired")):
+            if bad:
+                problems.append(f"{name} {text}")
+                fails = True
+        extra = [p for p, on in (("CREATEROLE", createrole), ("CREATEDB", createdb),
+                                 ("BYPASSRLS", bypass)) if on]
+        if extra:
+            problems.append(f"{name} has {', '.join(extra)} (not needed by an application)")
+    if not problems:
+        return Check("app-role", PASS, f"{', '.join(names)}: exists, can log in, not a superuser")
+    supers = [p.split()[0] for p in problems if p.endswith("is a superuser")]
+    hint = (f"as a superuser: ALTER ROLE {supers[0]} NOSUPERUSER; then dbkit create converges "
+            "the rest" if supers else "run dbkit create to converge the role's attributes")
+    return Check("app-role", FAIL if fails else WARN, "; ".join(problems), hint)
+
+
+def _check_public_connect(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    db = ctx.url.dbname
+    if ctx.app.execute("SELECT has_database_privilege('public', current_database(), 'CONNECT')"
+                       ).fetchone()[0]:
+        return Check("public-connect", FAIL, f"every role on the server may connect to {db}",
+                     f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC (dbkit create does this)")
+    return Check("public-connect", PASS, f"PUBLIC cannot connect to {db}")
+
+
+def _check_pending_migrations(ctx: _Ctx) -> Check:
+    from dbkit import migrate
+
+    ids = list(migrate.pending_ids(ctx.settings))
+    if ids:
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        return Check("pending-migrations", WARN, f"{len(ids)} pending: {shown}", "run dbkit migrate")
+    return Check("pending-migrations", PASS, "none: the schema is up to date")
+
+
+def _check_drift(ctx: _Ctx) -> Check:
+    from dbkit import migrate
+
+    drift = _get(migrate.status(ctx.settings), "drift") or []
+    if drift:
+        shown = "; ".join(_describe(d) for d in drift[:3])
+        return Check("drift", FAIL, f"{len(drift)} applied migration(s) changed: {shown}",
+                     "restore the original files; write a new migration for new changes")
+    return Check("drift", PASS, "applied migrations match their files")
+
+
+def _check_locks(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    rows = ctx.app.execute(
+        "SELECT l.pid, a.usename, l.mode, l.granted, c.relname,"
+        " extract(epoch FROM now() - a.xact_start)::float, a.state"
+        " FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+        " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND l.pid <> pg_backend_pid() AND c.relkind IN ('r', 'p')"
+        " AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)"
+        " AND (NOT l.granted OR a.state LIKE 'idle in transaction%%'"
+        "      OR coalesce(a.xact_start < now() - make_interval(secs => %s), true))"
+        " ORDER BY a.xact_start NULLS FIRST", (LOCK_AGE_S,)).fetchall()
+    if not rows:
+        return Check("locks", PASS, "no session holds a lock on the application's tables")
+    shown = "; ".join(
+        f"pid {pid} ({user or '?'}, {state or '?'}, {age or 0:.0f}s) "
+        f"{'holds' if granted else 'waits for'} {mode} on {rel}"
+        for pid, user, mode, granted, rel, age, state in rows[:3])
+    return Check("locks", WARN, f"{len(rows)} lock(s) would make a migration wait: {shown}",
+                 "end those transactions (pg_terminate_backend) or migrate later")
+
+
+def _check_long_transactions(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    rows = ctx.app.execute(
+        "SELECT pid, usename, state, extract(epoch FROM now() - xact_start)::float"
+        " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND xact_start < now() - make_interval(secs => %s) ORDER BY xact_start",
+        (ctx.long_tx_s,)).fetchall()
+    if not rows:
+        return Check("long-transactions", PASS, f"none open longer than {ctx.long_tx_s:g}s")
+    shown = "; ".join(f"pid {pid} ({user or '?'}, {state or '?'}) open {age:.0f}s"
+                      for pid, user, state, age in rows[:3])
+    return Check("long-transactions", WARN, f"{len(rows)} transaction(s): {shown}",
+                 "they hold back VACUUM and block migrations; commit or end them")
+
+
+def _check_invalid_indexes(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    names = [r[0] for r in ctx.app.execute(
+        "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c"
+        " ON c.oid = i.indexrelid WHERE NOT i.indisvalid"
+        " AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'pg_toast'::regnamespace)")]
+    if names:
+        return Check("invalid-indexes", WARN, f"{', '.join(names)}: left by an interrupted "
+                     "CREATE INDEX CONCURRENTLY; not used by queries", "DROP INDEX CONCURRENTLY "
+                     "it and build it again (IF NOT EXISTS would keep the broken one)")
+    return Check("invalid-indexes", PASS, "every index is valid")
+
+
+def _check_pooler(ctx: _Ctx) -> Check:
+    assert ctx.app is not None
+    server_port = int(ctx.app.execute("SELECT current_setting('port')").fetchone()[0])
+    url_port = ctx.url.port or int(ctx.settings.pg_env.get("PGPORT", 5432))
+    if url_port == server_port:
+        return Check("pooler", PASS, "DATABASE_URL reaches PostgreSQL directly")
+    if ctx.settings.migrate_url:
+        return Check("pooler", PASS, f"DATABASE_URL goes through port {url_port}, PostgreSQL "
+                     f"listens on {server_port} (a pooler); migrations use DBKIT_MIGRATE_URL")
+    return Check("pooler", WARN, f"DATABASE_URL goes through port {url_port} but PostgreSQL "
+                 f"listens on {server_port}: a pooler or port mapping",
+                 "if it is PgBouncer in transaction mode, set DBKIT_MIGRATE_URL to a direct URL")
+
+
+def _is_local(url: DbURL) -> bool:
+    return not url.host or url.host.startswith("/") or url.host in LOCAL_HOSTS
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _describe(item: Any) -> str:
+    detail = _get(item, "detail")
+    return str(detail) if detail else str(item)
+
+
+def _first(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+
+
+def _name(check: Callable[[_Ctx], Check]) -> str:
+    return check.__name__.removeprefix("_check_").replace("_", "-")
+
+
+CHECKS: list[Callable[[_Ctx], Check]] = [
+    _check_server, _check_tls, _check_auth, _check_admin_role, _check_app_role, _check_public_connect,
+    _check_pending_migrations, _check_drift, _check_locks, _check_long_transactions, _check_invalid_indexes,
+    _check_pooler,
+]
