@@ -261,7 +261,7 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
         conn.prepare_threshold = None  # PgBouncer transaction mode has no prepared statements
         runner = Runner(conn, settings, limits)
         state = runner.prepare(target, files)
-        result.warnings = _warnings(files, state, refuse_renames=True)
+        result.warnings = runner.notes + _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
         result.already_applied = len(state.applied)
         for f in pending:
@@ -311,7 +311,7 @@ def rollback(settings: Settings, *, steps: int = 1, to: str | None = None, all: 
         conn.prepare_threshold = None
         runner = Runner(conn, settings, limits)
         state = runner.prepare(target, files)
-        result.warnings = _warnings(files, state, refuse_renames=False)
+        result.warnings = runner.notes + _warnings(files, state, refuse_renames=False)
         for f in _rollback_targets(files, state, steps, to, all):
             result.rolled_back.append(runner.run(f, "rollback"))
     return result

@@ -54,6 +54,7 @@ class Runner:
         self.settings = settings
         self.timeouts = timeouts
         self.recorder = Recorder(conn)
+        self.notes: list[str] = []  # warnings for the user (the result carries them)
         # PostgreSQL 14+ notices a vanished client during a long statement: a killed dbkit's
         # migration stops within a second instead of running on, holding its locks.
         self.check_client = conn.info.server_version >= 140000
@@ -64,7 +65,8 @@ class Runner:
         state = ledger.ensure_tables(self.conn, url, self.settings, state)
         self._end_orphans()
         if self.recorder.interrupted():
-            log.warning("an earlier migration run was interrupted; see dbkit history")
+            self.notes.append("an earlier migration run was interrupted mid-migration (killed?);"
+                              " PostgreSQL rolled that migration back (see dbkit history)")
         adopted = ledger.adopt(self.conn, files, state)
         if adopted:
             log.info("recorded checksums of migrations applied outside dbkit: %s", ", ".join(adopted))
@@ -80,16 +82,18 @@ class Runner:
 
         rows = self.conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s AND pid <> pg_backend_pid()", (MIGRATE_APP,)).fetchall()
+            " AND application_name = %s AND pid <> pg_backend_pid() AND state <> 'idle'",
+            (MIGRATE_APP,)).fetchall()
         if not rows:
             return
         pids = [r[0] for r in rows]
-        log.warning("ending %d session(s) left by a killed migration run: %s", len(pids), pids)
+        self.notes.append(f"ended {len(pids)} database session(s) still running a killed "
+                          f"migration (server pid {', '.join(map(str, pids))})")
         for pid in pids:
             try:
                 self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
             except psycopg.Error as exc:
-                log.warning("could not end session %s: %s", pid, exc.diag.message_primary)
+                self.notes.append(f"could not end session {pid}: {exc.diag.message_primary}")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and self.conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
