@@ -12,22 +12,44 @@ BENCH_EXTRA_PATH at it (it is then loaded only by these runs), e.g.::
     pip install --target /tmp/bench-pkgs --no-deps pytest-postgresql mirakuru port-for psutil
     BENCH_EXTRA_PATH=/tmp/bench-pkgs python -m bench.bench_testdb
 
-Without it, that column is skipped.
+Without it, that column is skipped. The server is a durable local cluster (fsync on, as a CI
+service container runs), or DBKIT_TEST_ADMIN_URL's; BENCH_FAST=1 uses the fsync-off test cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.common import cluster, interleaved, median, save, table
+
+
+@contextlib.contextmanager
+def durable_cluster() -> Iterator[Any]:
+    """A local cluster with PostgreSQL's default durability (the test clusters turn fsync off)."""
+    from dbkit.server import LocalServer
+
+    base = Path(tempfile.mkdtemp(prefix="dbkit-bench-pg-"))
+    os.chmod(base, 0o711)  # as root the server runs as 'postgres', which must reach its data
+    server = LocalServer(base / "cluster", fast=False)
+    try:
+        server.start()
+        yield server.admin_url()
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
 MIGRATIONS = REPO / "dbkit" / "migrations"
@@ -73,7 +95,7 @@ def raw_db(raw_admin, request):
 if os.environ.get("BENCH_PPG"):
     from pytest_postgresql import factories
 
-    LOAD = sorted(str(p) for p in Path(os.environ["BENCH_MIGRATIONS"]).glob("*.sql")
+    LOAD = sorted(p for p in Path(os.environ["BENCH_MIGRATIONS"]).glob("*.sql")
                   if not p.name.endswith(".rollback.sql"))
     ppg_noproc = factories.postgresql_noproc(
         host=ADMIN["host"], port=ADMIN["port"], user=ADMIN["user"], password=ADMIN["password"],
@@ -122,9 +144,12 @@ def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object
     from dbkit.settings import Settings
 
     extra = os.environ.get("BENCH_EXTRA_PATH", "")
-    has_ppg = bool(extra) and (Path(extra) / "pytest_postgresql").is_dir()
+    has_ppg = (bool(extra) and (Path(extra) / "pytest_postgresql").is_dir()
+               or importlib.util.find_spec("pytest_postgresql") is not None)
     rows: list[dict[str, object]] = []
-    with cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) as admin, \
+    fast = os.environ.get("BENCH_FAST") == "1" or os.environ.get("DBKIT_TEST_ADMIN_URL")
+    server = cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) if fast else durable_cluster()
+    with server as admin, \
             tempfile.TemporaryDirectory(prefix="dbkit-bench-") as tmp:
         project = Path(tmp)
         (project / "conftest.py").write_text(textwrap.dedent(CONFTEST))
@@ -140,7 +165,9 @@ def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object
                    BENCH_TEMPLATE=session.template.name, BENCH_MIGRATIONS=str(MIGRATIONS),
                    BENCH_ADMIN=json.dumps({k: kw[k] for k in ("host", "port", "user", "password")}))
         if has_ppg:
-            env.update(PYTHONPATH=os.pathsep.join([extra, env.get("PYTHONPATH", "")]), BENCH_PPG="1")
+            env.update(BENCH_PPG="1")
+        if extra:
+            env.update(PYTHONPATH=os.pathsep.join([extra, env.get("PYTHONPATH", "")]))
 
         def run(variant: str) -> Path:
             out = project / f"{variant}.json"
@@ -162,7 +189,8 @@ def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object
                 setups[v].append(setup_ms(out, "setup"))
         values = {f"{v} {kind}": median(d[v]) for kind, d in (("test", per_test), ("setup", setups))
                   for v in variants}
-        print(f"\n{n} tests per run, {rounds} interleaved runs per variant; "
+        print(f"\nserver: {'given/fsync-off' if fast else 'durable local cluster (fsync on)'}; "
+              f"{n} tests per run, {rounds} interleaved runs per variant; "
               f"medians of the per-run medians")
         lines = [("dbkit_db vs raw CREATE DATABASE … TEMPLATE (setup+test+teardown)",
                   "dbkit test", "raw test"),
@@ -207,7 +235,7 @@ def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object
         print(f"\nfloor: bare CREATE DATABASE … TEMPLATE alone, median "
               f"{median(clone_times[2:]) * 1000:.1f} ms")
         session.close()
-    save("testdb", rows)
+    save("testdb_fast" if fast else "testdb", rows)
     return rows
 
 

@@ -99,11 +99,8 @@ def _seed_inputs(settings: Settings) -> list[Path]:
     """Files that decide what the sample seed writes (its data and its code)."""
     import dbkit.seed as seeding
 
-    paths = [Path(seeding.__file__)]
-    data = Path(seeding.__file__).parent / "data"
-    if data.is_dir():
-        paths.append(data)
-    return paths
+    here = Path(seeding.__file__).parent
+    return [p for p in (here / "seed.py", here / "seed_load.py", here / "data") if p.exists()]
 
 
 def template_name(fp: str) -> str:

@@ -114,6 +114,23 @@ def test_create_twice_replaces_and_text_output_masks_password(app, admin_conn, m
     assert dbs_with(admin_conn, prefix) == [f"{prefix}1", f"{prefix}2"]
 
 
+def test_seeded_template_is_separate_and_holds_the_sample(app, admin_conn, migrations):
+    prefix = unique_name("sd") + "_"
+    app.extra_dbs += [f"{prefix}1", f"{prefix}2"]
+    env = {"DBKIT_MIGRATIONS": str(migrations)}
+    plain = json.loads(app.cli("testdb", "create", "--prefix", prefix, "--json", "--reveal",
+                               **env).out)
+    r = app.cli("testdb", "create", "--count", "2", "--prefix", prefix, "--seed", "--json",
+                "--reveal", **env)
+    assert r.code == 0, r.output
+    seeded = json.loads(r.out)
+    assert seeded["template"] != plain["template"]
+    assert all(schema_of(DbURL.parse(u))["posts"] > 0 for u in seeded["urls"])
+    # both templates stay: one is not a stale version of the other
+    assert admin_conn.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)",
+                              ([plain["template"], seeded["template"]],)).fetchone()[0] == 2
+
+
 def test_drop_and_create_leave_databases_of_others_alone(app, admin_conn, migrations):
     prefix = unique_name("fo") + "_"
     foreign = f"{prefix}1"  # same name pattern, not made by dbkit
