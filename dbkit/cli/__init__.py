@@ -21,7 +21,7 @@ from dbkit import __version__
 from dbkit.errors import EXIT_CODES, DbkitError
 
 # Each module registers its commands on ``cli`` when imported (see the end of this file).
-COMMAND_MODULES = ("provision", "server", "testdb", "ops", "migrate")
+COMMAND_MODULES = ("provision", "server", "testdb", "ops", "migrate", "seed")
 
 _EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES)
 
