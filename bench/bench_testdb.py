@@ -140,7 +140,7 @@ def setup_ms(out: Path, which: str) -> float:
 
 
 def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object]]:
-    from dbkit import testdb
+    from dbkit import clones
     from dbkit.settings import Settings
 
     extra = os.environ.get("BENCH_EXTRA_PATH", "")
@@ -157,7 +157,7 @@ def main(n: int = 40, rounds: int = 3, loops: int = 30) -> list[dict[str, object
         (project / "pytest.ini").write_text(f"[pytest]\ndbkit_migrations = {MIGRATIONS}\n")
         settings = Settings.load(flags={"admin_url": admin.render(reveal=True),
                                         "migrations": str(MIGRATIONS)}, environ={}, cwd=project)
-        session = testdb.CloneSession(settings)  # builds the template both fixtures clone
+        session = clones.CloneSession(settings)  # builds the template both fixtures clone
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DBKIT_", "PG")) and k != "DATABASE_URL"}
         kw = admin.connect_kwargs()

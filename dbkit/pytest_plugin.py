@@ -22,7 +22,8 @@ import pytest
 if TYPE_CHECKING:
     import psycopg
 
-    from dbkit.testdb import CloneSession, Template
+    from dbkit.clones import CloneSession
+    from dbkit.testdb import Template
     from dbkit.urls import DbURL
 
 
@@ -57,8 +58,8 @@ def _settings(config: pytest.Config) -> Any:
 
 @pytest.fixture(scope="session")
 def _dbkit_session(request: pytest.FixtureRequest) -> Iterator[CloneSession]:
+    from dbkit.clones import CloneSession
     from dbkit.errors import DbkitError
-    from dbkit.testdb import CloneSession
 
     config = request.config
     worker = getattr(config, "workerinput", {}).get("workerid", "main")

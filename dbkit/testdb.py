@@ -10,11 +10,8 @@ Template and clones belong to a dedicated login role (``dbkit_test``), never the
 tests run with the rights the application has. Its password is derived from the admin's
 (HMAC), so every process and xdist worker computes the same one without storing it anywhere.
 
-Clones made by a live process (the pytest plugin) carry that process's token in their name,
-and the process holds an advisory lock on the token for as long as its admin session lives.
-A clone whose token lock can be taken belongs to a dead process and is collected.
-
-Also here: the CI helpers ``wait_ready`` (``dbkit wait``) and ``reset`` (``dbkit reset``).
+The clones of a live process (the pytest plugin) are in ``dbkit.clones``; ``dbkit wait`` and
+``dbkit reset`` in ``dbkit.ci``.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbkit.db import admin_url, connect
-from dbkit.errors import ConfigError, ConnectError, DbkitError, InvalidName, LockTimeout, Refused
+from dbkit.errors import (
+    ConfigError,
+    ConnectError,
+    DbkitError,
+    InvalidName,
+    LockTimeout,
+    PermissionDenied,
+)
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
@@ -49,8 +52,7 @@ BUILD_PREFIX = "dbkit_tplbuild_"
 CLI_PREFIX = "dbkit_test_"
 PLUGIN_PREFIX = "dbkit_pt_"
 _RESERVED_PREFIXES = (TEMPLATE_PREFIX, BUILD_PREFIX, PLUGIN_PREFIX)
-_LOCK_CLASS = 0x64626B74  # "dbkt": advisory lock class id; objid 0 = template builds
-_TOKEN_CLASS = _LOCK_CLASS + 1  # objid = a live process's token
+LOCK_CLASS = 0x64626B74  # "dbkt": advisory lock class; objid 0 = builds (+1: dbkit.clones)
 BUILD_LOCK_WAIT = "300s"  # a build is migrations + seed: seconds, not minutes
 
 
@@ -135,9 +137,26 @@ def check_prefix(prefix: str, *, allow_reserved: bool = False) -> str:
 
 # -- admin-side primitives ------------------------------------------------------------------
 @contextlib.contextmanager
+def db_errors() -> Iterator[None]:
+    """Driver errors become dbkit's named errors (one line, no traceback)."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied(f"the admin role cannot manage test databases: "
+                               f"{exc.diag.message_primary}") from None
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+            raise ConnectError(f"lost the connection to the server: {exc}") from None
+        raise DbkitError(f"test database operation failed: {exc.diag.message_primary or exc}"
+                         ) from None
+
+
+@contextlib.contextmanager
 def admin_session(settings: Settings) -> Iterator[tuple[psycopg.Connection, DbURL]]:
     admin = admin_url(settings)
-    with connect(admin, settings, autocommit=True) as conn:
+    with connect(admin, settings, autocommit=True) as conn, db_errors():
         yield conn, admin
 
 
@@ -148,7 +167,7 @@ def build_lock(conn: psycopg.Connection, wait: str = BUILD_LOCK_WAIT) -> Iterato
 
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (wait,))
     try:
-        conn.execute("SELECT pg_advisory_lock(%s, 0)", (_LOCK_CLASS,))
+        conn.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_CLASS,))
     except psycopg.errors.LockNotAvailable:
         raise LockTimeout(f"another process has been building a test template for {wait}",
                           hint="wait for it, or end it (pg_stat_activity shows the holder)") from None
@@ -157,7 +176,7 @@ def build_lock(conn: psycopg.Connection, wait: str = BUILD_LOCK_WAIT) -> Iterato
     try:
         yield
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s, 0)", (_LOCK_CLASS,))
+        conn.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_CLASS,))
 
 
 def ensure_owner(conn: psycopg.Connection, admin: DbURL, owner: str = OWNER) -> None:
@@ -212,7 +231,7 @@ def clone(conn: psycopg.Connection, template: str, name: str, owner: str = OWNER
         sql.Identifier(name), sql.Identifier(template), sql.Identifier(owner)))
 
 
-def _owned(conn: psycopg.Connection, prefix: str, owner: str) -> list[tuple[str, bool]]:
+def owned(conn: psycopg.Connection, prefix: str, owner: str) -> list[tuple[str, bool]]:
     return [(r[0], r[1]) for r in conn.execute(
         "SELECT datname, datistemplate FROM pg_database WHERE left(datname, length(%s)) = %s"
         " AND datdba = (SELECT oid FROM pg_roles WHERE rolname = %s) ORDER BY datname",
@@ -293,7 +312,7 @@ def _drop_stale_templates(conn: psycopg.Connection, current: str, source: str,
     import psycopg
 
     dropped = []
-    for dbname, _is_tpl in _owned(conn, TEMPLATE_PREFIX, owner):
+    for dbname, _is_tpl in owned(conn, TEMPLATE_PREFIX, owner):
         if dbname == current:
             continue
         note = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database"
@@ -371,177 +390,16 @@ def drop(settings: Settings, *, prefix: str = CLI_PREFIX, everything: bool = Fal
     with admin_session(settings) as (conn, _admin):
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER,)).fetchone():
             return DropResult(dropped)
-        for dbname, is_tpl in _owned(conn, prefix, OWNER):
+        for dbname, is_tpl in owned(conn, prefix, OWNER):
             drop_database(conn, dbname, template=is_tpl)
             dropped.append(dbname)
         if everything:
+            from dbkit.clones import collect_stale
+
             dropped += collect_stale(conn, own_token=None)
             with build_lock(conn):
                 for pre in (BUILD_PREFIX, TEMPLATE_PREFIX):
-                    for dbname, is_tpl in _owned(conn, pre, OWNER):
+                    for dbname, is_tpl in owned(conn, pre, OWNER):
                         drop_database(conn, dbname, template=is_tpl)
                         dropped.append(dbname)
     return DropResult(dropped)
-
-
-# -- clones owned by a live process (the pytest plugin) -------------------------------------
-def _token_key(token: str) -> int:
-    value = int(token, 16)
-    return value - (1 << 32) if value >= (1 << 31) else value  # advisory objid is int4
-
-
-def collect_stale(conn: psycopg.Connection, own_token: str | None,
-                  owner: str = OWNER) -> list[str]:
-    """Drop plugin clones whose process is gone (its token lock is free)."""
-    by_token: dict[str, list[str]] = {}
-    for dbname, _ in _owned(conn, PLUGIN_PREFIX, owner):
-        token = dbname[len(PLUGIN_PREFIX):len(PLUGIN_PREFIX) + 8]
-        if token != own_token and len(token) == 8:
-            by_token.setdefault(token, []).append(dbname)
-    dropped = []
-    for token, names in by_token.items():
-        try:
-            key = _token_key(token)
-        except ValueError:
-            continue
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_TOKEN_CLASS, key)).fetchone()[0]:
-            continue  # its process is alive
-        try:
-            for dbname in names:
-                drop_database(conn, dbname)
-                dropped.append(dbname)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_TOKEN_CLASS, key))
-    if dropped:
-        log.info("collected %d test database(s) left by killed runs", len(dropped))
-    return dropped
-
-
-class CloneSession:
-    """One process's (or xdist worker's) source of clones; used by the pytest plugin.
-
-    Holds an admin connection for its whole life, and on it the advisory lock on its token:
-    the server releases that lock when the process dies, which is how leftovers are recognised.
-    """
-
-    def __init__(self, settings: Settings, *, worker: str = "main", seed: bool = False) -> None:
-        self.settings = settings
-        self.seed = seed
-        self.token = secrets.token_hex(4)
-        self.worker = "".join(c for c in worker if c.isalnum())[:8] or "main"
-        self._seq = 0
-        self.admin = admin_url(settings)
-        self.conn = connect(self.admin, settings, autocommit=True)
-        self.alive: set[str] = set()
-        try:
-            self.conn.execute("SELECT pg_advisory_lock(%s, %s)", (_TOKEN_CLASS, _token_key(self.token)))
-            self.collected = collect_stale(self.conn, self.token)
-            self.template = ensure_template(self.conn, self.admin, settings, seed=seed)
-        except BaseException:
-            self.conn.close()
-            raise
-
-    def url(self, dbname: str) -> DbURL:
-        return owner_url(self.admin, dbname, self.template.owner)
-
-    def new_name(self, tag: str = "") -> str:
-        self._seq += 1
-        return f"{PLUGIN_PREFIX}{self.token}_{self.worker}_{tag or self._seq}"
-
-    def clone(self, tag: str = "") -> DbURL:
-        import psycopg
-
-        name = self.new_name(tag)
-        try:
-            clone(self.conn, self.template.name, name)
-        except psycopg.errors.InvalidCatalogName:
-            # another run rebuilt the template for newer files and dropped ours: follow it
-            self.template = ensure_template(self.conn, self.admin, self.settings, seed=self.seed)
-            clone(self.conn, self.template.name, name)
-        except psycopg.Error as exc:
-            raise DbkitError(f"cannot clone test template {self.template.name}: "
-                             f"{exc.diag.message_primary or exc}") from None
-        self.alive.add(name)
-        return self.url(name)
-
-    def drop(self, dbname: str) -> None:
-        drop_database(self.conn, dbname)
-        self.alive.discard(dbname)
-
-    def close(self) -> None:
-        """Drop every clone still alive, then end the session (and release the token)."""
-        try:
-            if not self.conn.closed:
-                for name in sorted(self.alive):
-                    with contextlib.suppress(Exception):
-                        self.drop(name)
-        finally:
-            self.conn.close()
-
-
-# -- CI helpers: `dbkit wait`, `dbkit reset` ------------------------------------------------
-@dataclass
-class WaitResult:
-    url: str  # masked
-    seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def wait_target(settings: Settings) -> DbURL:
-    """The server to wait for: the admin's, else DATABASE_URL's, else libpq's defaults.
-    Never starts dbkit's local server (that would defeat the point of waiting)."""
-    if settings.admin() or settings.pg_env:
-        return admin_url(settings, start_local=False)
-    if settings.database_url:
-        return settings.app_url()
-    return DbURL(dbname="postgres")
-
-
-def wait_ready(settings: Settings, timeout: float) -> WaitResult:
-    """Return as soon as the server accepts connections (like pg_isready: no login needed)."""
-    import psycopg
-    from psycopg import pq
-
-    url = wait_target(settings)
-    start = time.monotonic()
-    deadline = start + timeout
-    kw = url.connect_kwargs()
-    last = "no response"
-    while True:
-        left = deadline - time.monotonic()
-        kw["connect_timeout"] = str(max(2, min(int(left) + 1, int(float(settings.connect_timeout)))))
-        conninfo = psycopg.conninfo.make_conninfo(**kw)
-        status = pq.PGconn.ping(conninfo.encode())
-        if status == pq.Ping.OK:
-            return WaitResult(url=str(url), seconds=round(time.monotonic() - start, 3))
-        if status == pq.Ping.NO_ATTEMPT:
-            raise ConfigError(f"cannot try to connect to {url}: invalid connection parameters")
-        last = "the server is starting up or shutting down" if status == pq.Ping.REJECT \
-            else "no response"
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ConnectError(f"server at {url} did not accept connections within "
-                               f"{timeout:g}s ({last})",
-                               hint="check the host/port and that the server is running")
-        time.sleep(min(0.1, left))  # the last attempt lands on the deadline
-
-
-def guard_reset(settings: Settings, env: str | None = None) -> None:
-    """Refuse when either the settings or the --env flag say production."""
-    if settings.production or env == "production":
-        raise Refused("dbkit reset is refused in production (DBKIT_ENV=production)",
-                      hint="reset drops the database: do it by hand, deliberately, if ever")
-
-
-def reset(settings: Settings, *, seed: bool = True, env: str | None = None) -> Any:
-    """Drop the application's database and role, then setup (create → migrate → seed)."""
-    from dbkit import prepare, provision
-
-    guard_reset(settings, env)
-    if not settings.database_url:  # setup's default application ('posts' on the admin server)
-        url = prepare.default_app_url(admin_url(settings))
-        settings = dataclasses.replace(settings, database_url=url.render(reveal=True))
-    provision.drop(settings, force=True)
-    return prepare.setup(settings, seed=seed)

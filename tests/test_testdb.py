@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbkit import testdb
+from dbkit import clones, testdb
 from dbkit.server import free_port
 from dbkit.settings import Settings
 from dbkit.testing import unique_name
@@ -145,6 +145,18 @@ def test_drop_and_create_leave_databases_of_others_alone(app, admin_conn, migrat
     assert bad.code == 6 and "overlaps" in bad.err and "Traceback" not in bad.output
 
 
+def test_an_admin_without_rights_gets_one_line_permission_denied(app, admin_conn, migrations):
+    weak = unique_name("weak")
+    admin_conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'weak-pw'").format(sql.Identifier(weak)))
+    app.extra_roles.append(weak)
+    url = app.pg.with_(user=weak, password="weak-pw")
+    r = app.cli("testdb", "create", DBKIT_ADMIN_URL=url.render(reveal=True),
+                DBKIT_MIGRATIONS=str(migrations))
+    assert r.code == 5, r.output
+    assert "cannot manage test databases" in r.err and r.err.count("\n") == 1
+    assert "weak-pw" not in r.output
+
+
 # -- 2. editing a migration rebuilds the template -------------------------------------------
 def test_editing_a_migration_rebuilds_the_template(app, admin_conn, migrations):
     prefix = unique_name("ed") + "_"
@@ -178,7 +190,7 @@ def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
 
     def worker() -> None:
         try:
-            session = testdb.CloneSession(s, worker="t")
+            session = clones.CloneSession(s, worker="t")
             results.append(session.template)
             url = session.clone()
             results.append(schema_of(url)["tables"])
@@ -203,13 +215,13 @@ def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
 # -- stale clones: a dead session's are collected, a live one's are not ---------------------
 def test_clones_of_a_dead_session_are_collected_live_ones_kept(app, admin_conn, migrations):
     s = settings_for(app, migrations)
-    live = testdb.CloneSession(s, worker="gw0")
-    dead = testdb.CloneSession(s, worker="gw1")
+    live = clones.CloneSession(s, worker="gw0")
+    dead = clones.CloneSession(s, worker="gw1")
     try:
         live_db = live.clone().dbname
         dead_db = dead.clone().dbname
         dead.conn.close()  # what a SIGKILL does: the server ends the session and its lock
-        nxt = testdb.CloneSession(s)
+        nxt = clones.CloneSession(s)
         try:
             assert dead_db in nxt.collected and live_db not in nxt.collected
             names = dbs_with(admin_conn, testdb.PLUGIN_PREFIX)

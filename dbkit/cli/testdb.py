@@ -17,9 +17,9 @@ def wait(timeout: float, as_json: bool) -> None:
     Waits for DBKIT_ADMIN_URL's server (or PG* variables', else DATABASE_URL's). Like
     pg_isready, no login is needed: exit 0 as soon as the server answers, exit 4 after the
     timeout."""
-    from dbkit import testdb
+    from dbkit import ci
 
-    result = testdb.wait_ready(settings(), timeout)
+    result = ci.wait_ready(settings(), timeout)
     emit(result.as_dict(), as_json, f"server at {result.url} accepts connections "
                                     f"(waited {result.seconds:.2f}s)")
 
@@ -35,13 +35,13 @@ def reset(yes: bool, env: str | None, no_seed: bool, local: bool, as_json: bool)
     """Drop the database and role, then setup again (create, migrate, seed).
 
     Refused when DBKIT_ENV=production or --env production (either one is enough)."""
-    from dbkit import testdb
+    from dbkit import ci
 
     s = settings(local=local)
-    testdb.guard_reset(s, env)
+    ci.guard_reset(s, env)
     name = s.app_url().dbname if s.database_url else "posts"
     confirm(f"Drop database {name!r} with all its data and set it up again?", yes)
-    result = testdb.reset(s, seed=not no_seed, env=env)
+    result = ci.reset(s, seed=not no_seed, env=env)
     lines = [f"reset {result.url}"] + [f"  {st['step']:<8} {st['detail']}" for st in result.steps]
     emit(result.as_dict(), as_json, "\n".join(lines))
 
