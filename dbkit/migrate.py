@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from dbkit.db import connect
 from dbkit.drift import Drift, find
-from dbkit.errors import ConfigError, DriftDetected, MigrationError, SchemaNotReady
+from dbkit.errors import (
+    ConfigError,
+    ConnectError,
+    DriftDetected,
+    MigrationError,
+    PermissionDenied,
+    SchemaNotReady,
+)
 from dbkit.ledger import State, read_state
 from dbkit.migration_files import MigrationFile, discover, statements
 from dbkit.migration_files import new_migration as _new_files
@@ -79,13 +86,41 @@ def _target(settings: Settings, url: DbURL | None, dbname: str | None) -> DbURL:
 
 
 @contextmanager
-def _reader(target: DbURL, settings: Settings) -> Iterator[psycopg.Connection]:
-    conn = connect(with_app(target, "dbkit status"), settings, autocommit=True)
-    conn.prepare_threshold = None
+def _db_errors(target: DbURL) -> Iterator[None]:
+    """Driver errors outside a migration's own statements, as named errors."""
+    import psycopg
+
     try:
-        yield conn
-    finally:
-        conn.close()
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied(f"permission denied in {target.dbname}: {exc.diag.message_primary}",
+                               hint="run migrations as the database owner (the role in "
+                               "DATABASE_URL from dbkit create)") from None
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConnectError(f"lost the connection to {target}: {first}") from None
+
+
+@contextmanager
+def _reader(target: DbURL, settings: Settings) -> Iterator[psycopg.Connection]:
+    """A read-only look: no lock, nothing created."""
+    with _db_errors(target):
+        conn = connect(with_app(target, "dbkit status"), settings, autocommit=True)
+        conn.prepare_threshold = None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+@contextmanager
+def _locked(target: DbURL, settings: Settings, limits: Timeouts) -> Iterator[Runner]:
+    """The migration lock, then the migration connection (in that order: a migration session
+    without the lock behind it is an orphan, see Runner._end_orphans)."""
+    with _db_errors(target), MigrationLock(target, settings, limits.lock_ms), \
+            connect(with_app(target, MIGRATE_APP), settings, autocommit=True) as conn:
+        conn.prepare_threshold = None  # PgBouncer transaction mode has no prepared statements
+        yield Runner(conn, settings, limits)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -256,10 +291,7 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
                        for f in _pending(files, state, to)]
         result.already_applied = len(state.applied)
         return result
-    with MigrationLock(target, settings, limits.lock_ms), \
-            connect(with_app(target, MIGRATE_APP), settings, autocommit=True) as conn:
-        conn.prepare_threshold = None  # PgBouncer transaction mode has no prepared statements
-        runner = Runner(conn, settings, limits)
+    with _locked(target, settings, limits) as runner:
         state = runner.prepare(target, files)
         result.warnings = runner.notes + _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
@@ -306,10 +338,7 @@ def rollback(settings: Settings, *, steps: int = 1, to: str | None = None, all: 
         result.plan = [Planned(f.id, f.transactional, [s.sql for s in statements(_rb(f))])
                        for f in _rollback_targets(files, state, steps, to, all)]
         return result
-    with MigrationLock(target, settings, limits.lock_ms), \
-            connect(with_app(target, MIGRATE_APP), settings, autocommit=True) as conn:
-        conn.prepare_threshold = None
-        runner = Runner(conn, settings, limits)
+    with _locked(target, settings, limits) as runner:
         state = runner.prepare(target, files)
         result.warnings = runner.notes + _warnings(files, state, refuse_renames=False)
         for f in _rollback_targets(files, state, steps, to, all):

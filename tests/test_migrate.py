@@ -405,3 +405,19 @@ def test_password_never_printed(created):
     for args in (("migrate", "--json"), ("status",), ("migrate", "--dry-run"), ("history",)):
         r = app.cli(*args)
         assert r.code == 0 and app.password not in r.output
+
+
+def test_role_without_create_privilege_fails_fast_and_clearly(created, app):
+    from dbkit.settings import read_env_file
+    from dbkit.testing import unique_name
+
+    dml = unique_name("dml")
+    app.extra_roles.append(dml)
+    assert app.cli("create", "--app-role", dml).code == 0
+    dml_url = read_env_file(app.cwd / ".env")["DBKIT_APP_URL"]
+    r = app.cli("migrate", DATABASE_URL=dml_url)
+    assert r.code == 5, r.output
+    assert "cannot create the migration bookkeeping tables" in r.err
+    assert app.cli("migrate").code == 0  # the owner can; the DML role can then read status
+    r = app.cli("status", "--check", DATABASE_URL=dml_url)
+    assert r.code == 0, r.output
