@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from dbkit.db import admin_url, connect
@@ -75,9 +76,15 @@ class CloneSession:
 
     Holds an admin connection for its whole life, and on it the advisory lock on its token:
     the server releases that lock when the process dies, which is how leftovers are recognised.
+
+    With ``background=True`` a second admin session, in one worker thread, drops used clones
+    and makes the next clone while the current test runs, so a test that does real work does
+    not wait for either. Its clones carry the same token, so a kill still leaves nothing for
+    good; ``close()`` waits for it, then drops whatever is left.
     """
 
-    def __init__(self, settings: Settings, *, worker: str = "main", seed: bool = False) -> None:
+    def __init__(self, settings: Settings, *, worker: str = "main", seed: bool = False,
+                 background: bool = False) -> None:
         self.settings = settings
         self.seed = seed
         self.token = secrets.token_hex(4)
@@ -86,6 +93,10 @@ class CloneSession:
         self.admin = admin_url(settings)
         self.conn = connect(self.admin, settings, autocommit=True)
         self.alive: set[str] = set()
+        self._failed: list[str] = []  # background drops that did not happen: retried at close
+        self._pool: ThreadPoolExecutor | None = None
+        self._bg_conn: psycopg.Connection | None = None
+        self._next: tuple[Future[None], str] | None = None
         try:
             with db_errors():
                 self.conn.execute("SELECT pg_advisory_lock(%s, %s)",
@@ -95,6 +106,8 @@ class CloneSession:
         except BaseException:
             self.conn.close()
             raise
+        if background:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkit-clones")
 
     def url(self, dbname: str) -> DbURL:
         return owner_url(self.admin, dbname, self.template.owner)
@@ -104,9 +117,30 @@ class CloneSession:
         return f"{PLUGIN_PREFIX}{self.token}_{self.worker}_{tag or self._seq}"
 
     def clone(self, tag: str = "") -> DbURL:
+        """A fresh clone: the one made in the background if ready, else made now."""
+        name = None
+        if self._next is not None:
+            future, name = self._next
+            self._next = None
+            try:
+                future.result()
+            except Exception as exc:  # e.g. the template was replaced: the direct path copes
+                log.debug("background clone %s failed (%s); cloning directly", name, exc)
+                self.alive.discard(name)
+                self._failed.append(name)
+                name = None
+        if name is None:
+            name = self.new_name(tag)
+            self._clone_now(name)
+        if self._pool is not None and not tag:
+            nxt = self.new_name()
+            self.alive.add(nxt)  # before it exists, so close() drops it whatever happens
+            self._next = (self._pool.submit(self._bg, clone_job=nxt), nxt)
+        return self.url(name)
+
+    def _clone_now(self, name: str) -> None:
         import psycopg
 
-        name = self.new_name(tag)
         try:
             clone(self.conn, self.template.name, name)
         except psycopg.errors.InvalidCatalogName:
@@ -117,19 +151,44 @@ class CloneSession:
             with db_errors():
                 raise exc
         self.alive.add(name)
-        return self.url(name)
 
     def drop(self, dbname: str) -> None:
-        with db_errors():
-            drop_database(self.conn, dbname)
         self.alive.discard(dbname)
+        if self._pool is not None:
+            self._pool.submit(self._bg, drop_job=dbname)
+            return
+        try:
+            with db_errors():
+                drop_database(self.conn, dbname)
+        except BaseException:
+            self.alive.add(dbname)
+            raise
+
+    def _bg(self, clone_job: str | None = None, drop_job: str | None = None) -> None:
+        """Runs in the worker thread, on its own connection (opened on first use)."""
+        if self._bg_conn is None or self._bg_conn.closed:
+            self._bg_conn = connect(self.admin, self.settings, autocommit=True)
+        if clone_job:
+            clone(self._bg_conn, self.template.name, clone_job)
+        if drop_job:
+            try:
+                drop_database(self._bg_conn, drop_job)
+            except Exception as exc:
+                log.debug("background drop of %s failed (%s); retried at close", drop_job, exc)
+                self._failed.append(drop_job)
 
     def close(self) -> None:
-        """Drop every clone still alive, then end the session (and release the token)."""
+        """Wait for background work, drop every clone still alive, end the session (and with
+        it the token lock)."""
         try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             if not self.conn.closed:
-                for name in sorted(self.alive):
+                for name in sorted(self.alive | set(self._failed)):
                     with contextlib.suppress(Exception):
-                        self.drop(name)
+                        drop_database(self.conn, name)
+                self.alive.clear()
         finally:
+            if self._bg_conn is not None:
+                self._bg_conn.close()
             self.conn.close()

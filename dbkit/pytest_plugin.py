@@ -34,6 +34,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("dbkit_migrations", "migrations directory (default: dbkit's setting)")
     parser.addini("dbkit_seed", "build the template with the sample data", type="bool",
                   default=False)
+    parser.addini("dbkit_background", "drop used clones and make the next one in a background "
+                  "thread while tests run", type="bool", default=True)
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -65,7 +67,8 @@ def _dbkit_session(request: pytest.FixtureRequest) -> Iterator[CloneSession]:
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
     try:
         session = CloneSession(_settings(config), worker=worker,
-                               seed=bool(config.getini("dbkit_seed")))
+                               seed=bool(config.getini("dbkit_seed")),
+                               background=bool(config.getini("dbkit_background")))
     except DbkitError as exc:
         _fail(exc)
     try:
@@ -82,7 +85,8 @@ def dbkit_template(_dbkit_session: CloneSession) -> Template:
 
 @pytest.fixture
 def dbkit_db(_dbkit_session: CloneSession) -> Iterator[DbURL]:
-    """URL of a fresh database at the latest schema, dropped after the test (pass or fail).
+    """URL of a fresh database at the latest schema, dropped after the test (pass or fail;
+    in the background by default, and in any case before the session ends).
 
     Connect with ``psycopg.connect(**dbkit_db.connect_kwargs())`` or hand
     ``dbkit_db.render(reveal=True)`` to your application; ``str()`` masks the password."""

@@ -57,8 +57,9 @@ def passed(proc: subprocess.CompletedProcess) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_sample_passes_under_plain_pytest_and_leaves_no_database(project, pg):
-    proc = run_sample(project, pg)
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_sample_passes_under_plain_pytest_and_leaves_no_database(project, pg, background):
+    proc = run_sample(project, pg, "-o", f"dbkit_background={background}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert passed(proc) == PASSING
     assert clones(pg) == []

@@ -233,6 +233,25 @@ def test_clones_of_a_dead_session_are_collected_live_ones_kept(app, admin_conn, 
     assert live_db not in dbs_with(admin_conn, testdb.PLUGIN_PREFIX)
 
 
+def test_background_session_prefetches_and_close_leaves_nothing(app, admin_conn, migrations):
+    s = settings_for(app, migrations)
+    session = clones.CloneSession(s, worker="bg", background=True)
+    try:
+        urls = []
+        for _ in range(3):
+            url = session.clone()
+            assert schema_of(url)["tables"] == ["posts", "users", "votes"]
+            urls.append(url)
+            session.drop(url.dbname)
+        prefetched = session._next[1]  # the next test's clone is already on its way
+        assert prefetched not in {u.dbname for u in urls}
+        session._next[0].result(timeout=30)
+        assert prefetched in dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token)
+    finally:
+        session.close()
+    assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
+
+
 # -- 4. reset ---------------------------------------------------------------------------------
 @pytest.fixture
 def app_with_row(app):
