@@ -155,29 +155,33 @@ def _who() -> tuple[str, str]:
 
 
 def record(conn: psycopg.Connection, mf: MigrationFile, direction: str) -> None:
-    """yoyo's rows for an apply/rollback, plus dbkit's checksum; in the caller's transaction."""
+    """yoyo's rows for an apply/rollback, plus dbkit's checksum; in the caller's transaction.
+
+    One statement (data-modifying CTEs): one round trip per migration instead of three.
+    """
     from psycopg import sql
 
     user, host = _who()
-    if direction == "apply":
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (migration_hash, migration_id, applied_at_utc)"
-            " VALUES (%s, %s, clock_timestamp() AT TIME ZONE 'UTC')"
-        ).format(_ident(YOYO_MIGRATIONS)), (mf.hash, mf.id))
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (migration_id, checksum) VALUES (%s, %s)"
-            " ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum,"
-            " recorded_at = now()").format(_ident(CHECKSUMS)), (mf.id, mf.checksum))
-    else:
-        conn.execute(sql.SQL("DELETE FROM {} WHERE migration_hash = %s").format(
-            _ident(YOYO_MIGRATIONS)), (mf.hash,))
-        conn.execute(sql.SQL("DELETE FROM {} WHERE migration_id = %s").format(
-            _ident(CHECKSUMS)), (mf.id,))
-    conn.execute(sql.SQL(
+    log_row = sql.SQL(
         "INSERT INTO {} (id, migration_hash, migration_id, operation, username, hostname,"
-        " comment, created_at_utc) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-        " clock_timestamp() AT TIME ZONE 'UTC')").format(_ident(YOYO_LOG)),
-        (str(uuid.uuid1()), mf.hash, mf.id, direction, user, host, "dbkit"))
+        " comment, created_at_utc) VALUES (%s, %s, %s, %s, %s, %s, 'dbkit',"
+        " clock_timestamp() AT TIME ZONE 'UTC')").format(_ident(YOYO_LOG))
+    log_params = (str(uuid.uuid1()), mf.hash, mf.id, direction, user, host)
+    if direction == "apply":
+        query = sql.SQL(
+            "WITH m AS (INSERT INTO {} (migration_hash, migration_id, applied_at_utc)"
+            " VALUES (%s, %s, clock_timestamp() AT TIME ZONE 'UTC')),"
+            " c AS (INSERT INTO {} (migration_id, checksum) VALUES (%s, %s)"
+            " ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum,"
+            " recorded_at = now()) {}").format(_ident(YOYO_MIGRATIONS), _ident(CHECKSUMS), log_row)
+        params: tuple[str, ...] = (mf.hash, mf.id, mf.id, mf.checksum)
+    else:
+        query = sql.SQL(
+            "WITH m AS (DELETE FROM {} WHERE migration_hash = %s),"
+            " c AS (DELETE FROM {} WHERE migration_id = %s) {}").format(
+                _ident(YOYO_MIGRATIONS), _ident(CHECKSUMS), log_row)
+        params = (mf.hash, mf.id)
+    conn.execute(query, (*params, *log_params))
 
 
 def adopt(conn: psycopg.Connection, files: list[MigrationFile], state: State) -> list[str]:

@@ -64,10 +64,14 @@ class MigrationLock:
             while True:
                 conn.execute("BEGIN")
                 left = 0 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
-                # An idle-in-transaction timeout would end the lock mid-run.
+                # The lock's transaction spans the run: server or role defaults for idle,
+                # statement or transaction timeouts must not end it (lock_timeout bounds the wait).
                 conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                             " set_config('statement_timeout', '0', true),"
                              " set_config('idle_in_transaction_session_timeout', '0', true)",
                              (f"{left}ms",))
+                if conn.info.server_version >= 170000:
+                    conn.execute("SELECT set_config('transaction_timeout', '0', true)")
                 try:
                     conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
                                  (LOCK_CLASS, LOCK_ID))

@@ -75,8 +75,10 @@ class Runner:
     def _end_orphans(self) -> None:
         """Sessions of killed dbkit runs still executing a migration statement in this database.
 
-        We hold the migration lock, so any other migration session is an orphan: its client is
-        gone and its transaction can never commit, but it may still hold table locks.
+        We hold the migration lock, so any other busy migration session is an orphan: its
+        client is gone and its transaction can never commit, but it may still hold table locks.
+        Idle ones hold nothing (behind a pooler they may be pooled server connections) and are
+        left alone.
         """
         import psycopg
 

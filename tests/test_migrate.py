@@ -421,3 +421,18 @@ def test_role_without_create_privilege_fails_fast_and_clearly(created, app):
     assert app.cli("migrate").code == 0  # the owner can; the DML role can then read status
     r = app.cli("status", "--check", DATABASE_URL=dml_url)
     assert r.code == 0, r.output
+
+
+def test_bookkeeping_commits_with_the_migration_or_not_at_all(created):
+    """yoyo records after committing; dbkit records inside the migration's transaction, so a
+    migration whose record cannot be written leaves no trace either."""
+    app = created
+    d = write(app.cwd / "m", {"0001_a.sql": "CREATE TABLE a (id int);\n",
+                              "0002_sabotage.sql": "CREATE TABLE x (id int);\n"
+                                                   "ALTER TABLE _yoyo_log RENAME TO gone;\n"})
+    r = app.cli("migrate", "--migrations", str(d))
+    assert r.code == 8, r.output
+    assert "0002_sabotage.sql (recording it)" in r.err
+    assert rows(app, "SELECT to_regclass('x'), to_regclass('gone'), to_regclass('_yoyo_log')"
+                " IS NOT NULL") == [(None, None, True)]
+    assert applied_ids(app) == ["0001_a"]
