@@ -206,6 +206,10 @@ def test_edited_applied_migration_fails_verify_naming_the_file(created, posts_co
     r = app.cli("verify", *m)
     assert r.code == 11, r.output
     assert "0002_create_users.sql" in r.err and "edited" in r.err
+    r = app.cli("verify", "--json", *m)
+    assert r.code == 11
+    assert [(d["id"], d["kind"]) for d in json.loads(r.out)["drift"]] == \
+        [("0002_create_users", "edited")]
     for cmd in ("status", "migrate"):  # they warn, and still work
         r = app.cli(cmd, *m)
         assert r.code == 0, r.output

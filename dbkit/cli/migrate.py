@@ -129,8 +129,13 @@ def status(check: bool, migrations: str | None, as_json: bool) -> None:
 def verify(migrations: str | None, as_json: bool) -> None:
     """Fail (exit 11) when an applied migration's file was edited, renamed or deleted."""
     from dbkit import migrate as m
+    from dbkit.errors import DriftDetected
 
-    report = m.verify(settings(migrations=migrations))
+    report = m.status(settings(migrations=migrations))
+    if report.drift:
+        if as_json:  # the report on stdout for tools, the one-line error on stderr
+            emit(report.as_dict(), True)
+        raise DriftDetected("; ".join(d.detail for d in report.drift))
     note = (f"; {len(report.unverified)} applied outside dbkit, no checksum yet: "
             + ", ".join(report.unverified)) if report.unverified else ""
     emit(report.as_dict(), as_json,
