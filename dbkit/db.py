@@ -76,7 +76,8 @@ def wait_for(url: DbURL, settings: Settings, timeout: float, dbname: str | None 
 
 def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
     """The admin server, in the documented order: --local, DBKIT_ADMIN_URL, PG* variables,
-    whatever answers at libpq's defaults, then dbkit's own local server."""
+    this project's local server if it has one, whatever answers at libpq's defaults, then a
+    new local server."""
     if settings.local:
         return local_admin_url(settings)
     configured = settings.admin()
@@ -87,6 +88,10 @@ def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
         return DbURL(user=env.get("PGUSER"), password=env.get("PGPASSWORD"),
                      host=env.get("PGHOST"), port=int(env["PGPORT"]) if env.get("PGPORT") else None,
                      dbname=env.get("PGDATABASE", "postgres"))
+    if local_server_exists(settings):
+        # This project already has its own server: keep using it rather than switching to
+        # whatever may answer at libpq's defaults later (and skip the probe).
+        return local_admin_url(settings)
     defaults = DbURL(dbname="postgres")
     try:
         connect(defaults, settings, autocommit=True, timeout=2).close()
@@ -100,6 +105,10 @@ def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
                                hint="set DBKIT_ADMIN_URL, or pass --local for dbkit's own "
                                "server") from None
     return local_admin_url(settings)
+
+
+def local_server_exists(settings: Settings) -> bool:
+    return (settings.data_path / "pgdata" / "PG_VERSION").exists()
 
 
 def local_admin_url(settings: Settings) -> DbURL:

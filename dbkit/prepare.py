@@ -38,12 +38,13 @@ def default_app_url(admin: DbURL) -> DbURL:
 
 
 def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
-    from dbkit import migrate, provision, seed as seeding
+    from dbkit import migrate, provision
+    from dbkit import seed as seeding
 
     started = time.perf_counter()
     admin = admin_url(settings)
     url = settings.app_url() if settings.database_url else default_app_url(admin)
-    created = provision.create(settings, app_url=url)
+    created = provision.create(settings, app_url=url, admin=admin)
     final = url
     if created.printed_url is None and created.env_file and not url.password:
         # create generated the password and wrote it to .env: read it back for the next steps

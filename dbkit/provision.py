@@ -336,11 +336,12 @@ def _open_target_factory(settings: Settings, url: DbURL) -> Callable[[str], Any]
 
 def create(settings: Settings, *, dry_run: bool = False, password: str | None = None,
            rotate: bool = False, connection_limit: int | None = None, print_url: bool = False,
-           write_env: bool = True, app_url: DbURL | None = None) -> Result:
+           write_env: bool = True, app_url: DbURL | None = None,
+           admin: DbURL | None = None) -> Result:
     """Create (or converge) the role and database named in DATABASE_URL."""
     from dbkit.settings import update_env_file
 
-    admin = admin_url(settings)
+    admin = admin or admin_url(settings)
     url = app_url or settings.app_url()
     if password is not None and url.password is not None and password != url.password:
         raise Refused("a password was given both in DATABASE_URL and on standard input",

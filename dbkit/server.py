@@ -233,7 +233,12 @@ class LocalServer:
             args = [str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", ADMIN_USER,
                     f"--pwfile={pw.name}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale",
                     "--no-instructions"]
-            self._run(args + (["--nosync"] if self.fast else []))
+            # initdb's own fsync of each of its ~1000 files costs ~2.5 s on this class of
+            # disk; one sync() of the whole filesystem afterwards gives the same durability
+            # in ~0.3 s. Throwaway clusters skip even that.
+            self._run(args + ["--no-sync"])
+            if not self.fast:
+                os.sync()
         except BaseException:
             shutil.rmtree(self.pgdata, ignore_errors=True)
             raise
