@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from dbkit.db import admin_url, connect
 from dbkit.errors import (
     ConfigError,
+    Conflict,
     ConnectError,
     DbkitError,
     InvalidName,
@@ -360,8 +361,6 @@ def create(settings: Settings, *, count: int = 1, prefix: str = CLI_PREFIX, seed
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)"
             " AND datdba <> (SELECT oid FROM pg_roles WHERE rolname = %s)", (names, OWNER)).fetchall()
         if foreign:
-            from dbkit.errors import Conflict
-
             raise Conflict(f"database {foreign[0][0]!r} exists and is not a dbkit test database",
                            hint="choose another --prefix")
         for n in names:

@@ -16,7 +16,7 @@ from psycopg import sql
 from dbkit import clones, testdb
 from dbkit.server import free_port
 from dbkit.settings import Settings
-from dbkit.testing import unique_name
+from dbkit.testing import throwaway_cluster, unique_name
 from dbkit.urls import DbURL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +155,24 @@ def test_an_admin_without_rights_gets_one_line_permission_denied(app, admin_conn
     assert r.code == 5, r.output
     assert "cannot manage test databases" in r.err and r.err.count("\n") == 1
     assert "weak-pw" not in r.output
+
+
+def test_drop_all_removes_templates_and_dead_runs_clones_too(app, migrations):
+    # --all drops every dbkit template on the server: a server of its own, so that tests
+    # running in parallel on the shared one are not disturbed
+    with throwaway_cluster() as other, psycopg.connect(autocommit=True,
+                                                       **other.connect_kwargs()) as conn:
+        env = {"DBKIT_ADMIN_URL": other.render(reveal=True), "DBKIT_MIGRATIONS": str(migrations)}
+        assert app.cli("testdb", "create", "--count", "2", **env).code == 0
+        s = Settings.load(flags={"admin_url": other.render(reveal=True),
+                                 "migrations": str(migrations)}, environ={}, cwd=app.cwd)
+        dead = clones.CloneSession(s)
+        dead.clone()
+        dead.conn.close()  # killed
+        r = app.cli("testdb", "drop", "--all", "--json", **env)
+        assert r.code == 0, r.output
+        assert len(json.loads(r.out)["dropped"]) == 4  # 2 clones, the dead run's, the template
+        assert dbs_with(conn, "dbkit_") == []
 
 
 # -- 2. editing a migration rebuilds the template -------------------------------------------
