@@ -120,7 +120,7 @@ def _locked(target: DbURL, settings: Settings, limits: Timeouts) -> Iterator[Run
     with _db_errors(target), MigrationLock(target, settings, limits.lock_ms), \
             connect(with_app(target, MIGRATE_APP), settings, autocommit=True) as conn:
         conn.prepare_threshold = None  # PgBouncer transaction mode has no prepared statements
-        yield Runner(conn, settings, limits)
+        yield Runner(conn, settings, limits, target)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -292,12 +292,13 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
         result.already_applied = len(state.applied)
         return result
     with _locked(target, settings, limits) as runner:
-        state = runner.prepare(target, files)
-        result.warnings = runner.notes + _warnings(files, state, refuse_renames=True)
+        state = runner.prepare(files)
+        drifted = _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
         result.already_applied = len(state.applied)
         for f in pending:
             result.applied.append(runner.run(f, "apply"))
+        result.warnings = runner.notes + drifted
     return result
 
 
@@ -339,10 +340,11 @@ def rollback(settings: Settings, *, steps: int = 1, to: str | None = None, all: 
                        for f in _rollback_targets(files, state, steps, to, all)]
         return result
     with _locked(target, settings, limits) as runner:
-        state = runner.prepare(target, files)
-        result.warnings = runner.notes + _warnings(files, state, refuse_renames=False)
+        state = runner.prepare(files)
+        drifted = _warnings(files, state, refuse_renames=False)
         for f in _rollback_targets(files, state, steps, to, all):
             result.rolled_back.append(runner.run(f, "rollback"))
+        result.warnings = runner.notes + drifted
     return result
 
 

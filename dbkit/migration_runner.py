@@ -3,8 +3,9 @@
 A transactional migration runs as ``BEGIN; SET LOCAL timeouts; its statements; yoyo's rows;
 dbkit's checksum; history -> ok; COMMIT``: it is either applied *and* recorded, or neither,
 whatever happens to the process. A non-transactional one (``-- transactional: false``, e.g.
-CREATE INDEX CONCURRENTLY) runs statement by statement in autocommit and is recorded after its
-last statement; if the process dies in between, the next run runs it again, so such files must
+CREATE INDEX CONCURRENTLY) runs statement by statement in autocommit, on a connection of its
+own whose timeouts are startup options (no session SET), and is recorded after its last
+statement; if the process dies in between, the next run runs it again, so such files must
 be re-runnable (IF NOT EXISTS) — and an INVALID index left by an interrupted concurrent build is
 reported, not silently kept.
 """
@@ -18,15 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbkit import ledger
+from dbkit.db import connect
 from dbkit.errors import ConfigError, DbkitError, LockTimeout, MigrationError
 from dbkit.history import Recorder
 from dbkit.migration_files import MigrationFile, Statement, position, statements
-from dbkit.migration_lock import MIGRATE_APP
+from dbkit.migration_lock import MIGRATE_APP, with_app
 
 if TYPE_CHECKING:
     import psycopg
 
     from dbkit.settings import Settings
+    from dbkit.urls import DbURL
 
 log = logging.getLogger("dbkit")
 
@@ -49,8 +52,10 @@ class Ran:
 
 
 class Runner:
-    def __init__(self, conn: psycopg.Connection, settings: Settings, timeouts: Timeouts) -> None:
+    def __init__(self, conn: psycopg.Connection, settings: Settings, timeouts: Timeouts,
+                 url: DbURL) -> None:
         self.conn = conn
+        self.url = url
         self.settings = settings
         self.timeouts = timeouts
         self.recorder = Recorder(conn)
@@ -59,10 +64,10 @@ class Runner:
         # migration stops within a second instead of running on, holding its locks.
         self.check_client = conn.info.server_version >= 140000
 
-    def prepare(self, url: Any, files: list[MigrationFile]) -> ledger.State:
+    def prepare(self, files: list[MigrationFile]) -> ledger.State:
         """Under the lock: bookkeeping tables, leftovers of killed runs, yoyo-applied checksums."""
         state = ledger.read_state(self.conn)
-        state = ledger.ensure_tables(self.conn, url, self.settings, state)
+        state = ledger.ensure_tables(self.conn, self.url, self.settings, state)
         self._end_orphans()
         if self.recorder.interrupted():
             self.notes.append("an earlier migration run was interrupted mid-migration (killed?);"
@@ -101,30 +106,56 @@ class Runner:
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
             time.sleep(0.05)
 
-    def _set_timeouts(self, local: bool) -> None:
-        params = (f"{self.timeouts.lock_ms}ms", local, f"{self.timeouts.statement_ms}ms", local)
+    def _set_local_timeouts(self) -> None:
+        """SET LOCAL: ends with the transaction, so nothing is left on a pooled connection."""
         import psycopg
 
+        params = (f"{self.timeouts.lock_ms}ms", f"{self.timeouts.statement_ms}ms")
         try:
             if self.check_client:
-                self.conn.execute("SELECT set_config('lock_timeout', %s, %s),"
-                                  " set_config('statement_timeout', %s, %s),"
-                                  " set_config('client_connection_check_interval', '1s', %s)",
-                                  (*params, local))
+                self.conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                                  " set_config('statement_timeout', %s, true),"
+                                  " set_config('client_connection_check_interval', '1s', true)",
+                                  params)
             else:
-                self.conn.execute("SELECT set_config('lock_timeout', %s, %s),"
-                                  " set_config('statement_timeout', %s, %s)", params)
+                self.conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                                  " set_config('statement_timeout', %s, true)", params)
         except psycopg.errors.InvalidParameterValue as exc:
             raise ConfigError(f"invalid timeout: {exc.diag.message_primary}") from None
 
-    def _reset_timeouts(self) -> None:
-        for name in ("lock_timeout", "statement_timeout", "client_connection_check_interval"):
-            if name != "client_connection_check_interval" or self.check_client:
-                self.conn.execute("SELECT set_config(%s, reset_val, false) FROM pg_settings"
-                                  " WHERE name = %s", (name, name))
+    def _autocommit_conn(self, mf: MigrationFile) -> psycopg.Connection:
+        """A connection of its own for a non-transactional migration, its timeouts given as
+        startup options: no SET outside a transaction, which behind a transaction-mode pooler
+        would land on one server connection (and stay there) while the statement runs on
+        another. A pooler that refuses startup options gets the statements without timeouts,
+        and a warning naming the fix."""
+        from dbkit.errors import ConnectError
 
-    def _exec(self, mf: MigrationFile, stmt: Statement) -> None:
-        cur = self.conn.execute(stmt.sql)  # type: ignore[arg-type] - the file's own SQL
+        ours = (f"-c lock_timeout={self.timeouts.lock_ms}ms"
+                f" -c statement_timeout={self.timeouts.statement_ms}ms"
+                + (" -c client_connection_check_interval=1000" if self.check_client else ""))
+        given = " ".join(v for k, v in self.url.params if k == "options")
+        params = tuple((k, v) for k, v in self.url.params if k != "options")
+        url = with_app(self.url.with_(params=(*params, ("options", f"{given} {ours}".strip()))),
+                       MIGRATE_APP)
+        try:
+            conn = connect(url, self.settings, autocommit=True)
+        except ConnectError as exc:
+            if "startup parameter" not in exc.message:
+                raise
+            conn = connect(with_app(self.url, MIGRATE_APP), self.settings, autocommit=True)
+        conn.prepare_threshold = None
+        got = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+        if self.timeouts.lock_ms and got in ("0", ""):
+            self.notes.append(
+                f"{mf.id} (non-transactional) ran without lock_timeout/statement_timeout: the "
+                "connection does not take startup options (a transaction-mode pooler?); set "
+                "DBKIT_MIGRATE_URL to a direct URL to have them")
+        return conn
+
+    def _exec(self, mf: MigrationFile, stmt: Statement, conn: psycopg.Connection | None = None
+              ) -> None:
+        cur = (conn or self.conn).execute(stmt.sql)  # type: ignore[arg-type] - the file's own SQL
         if cur.description:
             # Rows a migration SELECTs go to the log (stderr with -v), never to stdout:
             # they would corrupt --json.
@@ -144,21 +175,17 @@ class Runner:
         try:
             if mf.transactional:
                 with self.conn.transaction():
-                    self._set_timeouts(local=True)
+                    self._set_local_timeouts()
                     for current in stmts:
                         self._exec(mf, current)
                     current = None
                     ledger.record(self.conn, mf, direction)
                     ms = self.recorder.finish(entry, "ok")
             else:
-                self._set_timeouts(local=False)
-                try:
+                with self._autocommit_conn(mf) as own:
                     for current in stmts:
-                        self._exec(mf, current)
+                        self._exec(mf, current, own)
                     current = None
-                finally:
-                    if not self.conn.broken:
-                        self._reset_timeouts()
                 self._check_invalid_indexes(mf, path)
                 with self.conn.transaction():
                     ledger.record(self.conn, mf, direction)

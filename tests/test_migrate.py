@@ -324,6 +324,21 @@ def test_lock_timeout_applies_to_migration_statements(created, admin_conn):
     assert applied_ids(app) == ["0001_a"]
 
 
+def test_lock_timeout_applies_to_non_transactional_migrations(created):
+    app = created
+    d = write(app.cwd / "m", {"0001_a.sql": "CREATE TABLE a (id int);\n",
+                              "0002_alter.sql": "-- transactional: false\n"
+                                                "ALTER TABLE a ADD COLUMN b int;\n"})
+    assert app.cli("migrate", "--migrations", str(d), "--to", "0001_a").code == 0
+    with psycopg.connect(**app.pg.connect_kwargs(dbname=app.db)) as blocker:
+        blocker.execute("LOCK TABLE a IN ACCESS SHARE MODE")
+        r = app.cli("migrate", "--migrations", str(d), "--lock-timeout", "200ms")
+    assert r.code == 9, r.output
+    assert "0002_alter.sql:2:1" in r.err and "not recorded as applied" in r.err
+    assert app.cli("migrate", "--migrations", str(d)).code == 0
+    assert applied_ids(app) == ["0001_a", "0002_alter"]
+
+
 def test_statement_timeout_applies_to_migration_statements(created):
     app = created
     d = write(app.cwd / "m", {"0001_slow.sql": "SELECT pg_sleep(5);\n"})
