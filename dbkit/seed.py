@@ -150,22 +150,24 @@ def seed_synthetic(settings: Settings, users: int, posts: int, votes: int, seed:
         big = [t for t in TABLES if defer and counts[t] >= max(DEFER_MIN_ROWS, have[t])]
         with _deferred(conn, big):
             for table in TABLES:
-                inserted[table] = copy_text(conn, table, gen.stream(table), progress)
+                if counts[table]:
+                    inserted[table] = copy_text(conn, table, gen.stream(table), progress)
         _advance_sequences(conn)
     return SeedResult("synthetic", url.dbname or "", url.user or "", inserted,
                       seconds=round(time.perf_counter() - started, 3), seed=seed, dry_run=dry_run)
 
 
 def check_counts(users: int, posts: int, votes: int) -> None:
+    hint = "e.g. dbkit seed --users 1000 --posts 100000 --votes 50000"
     if min(users, posts, votes) < 0:
-        raise ConfigError("row counts must not be negative")
+        raise ConfigError("row counts must not be negative", hint=hint)
     if posts and not users:
-        raise ConfigError("--posts needs --users (every post has an owner)")
+        raise ConfigError("--posts needs --users (every post has an owner)", hint=hint)
     if votes and not posts:
-        raise ConfigError("--votes needs --posts (every vote is on a post)")
+        raise ConfigError("--votes needs --posts (every vote is on a post)", hint=hint)
     if votes > posts * users:
         raise ConfigError(f"--votes {votes} is more than posts x users ({posts * users}): "
-                          "each user votes at most once per post")
+                          "each user votes at most once per post", hint=hint)
 
 
 # -- the transaction ----------------------------------------------------------------------
@@ -223,7 +225,7 @@ def db_error(exc: Exception) -> DbkitError:
                            hint="another session is writing to them; retry later")
     if isinstance(exc, e.IntegrityError):
         return Conflict(f"the data conflicts with rows in the database: {text}{detail}",
-                        hint="nothing was loaded; remove the conflicting rows or use --append")
+                        hint="nothing was loaded; remove the conflicting rows and retry")
     if isinstance(exc, e.DataError):
         return DataError(f"the server rejected a value: {text}{detail}")
     return DbkitError(f"seeding failed: {exc.__class__.__name__}: {text}{detail}")

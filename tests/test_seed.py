@@ -135,6 +135,23 @@ def test_synthetic_rerun_is_a_no_op_other_seed_is_refused_append_adds(migrated):
         assert conn.execute("SELECT min(owner_id) FROM posts WHERE id > 400").fetchone()[0] > 50
 
 
+def test_failure_while_rebuilding_constraints_leaves_the_database_as_it_was(migrated):
+    from dbkit.seed_gen import Generator, Plan
+
+    # The first appended user (id 2) will get this e-mail; take it first, in another case.
+    taken = Generator(Plan(60000, 0, 0, 5, first_user=2)).users(0).split("\t")[1]
+    with migrated.connect() as conn:
+        conn.execute("INSERT INTO users (id, email, password_hash) VALUES (1, %s, '!')",
+                     [taken.upper()])
+    r = migrated.cli("seed", "--users", "60000", "--seed", "5", "--append")
+    assert r.code == 7, r.output  # the unique e-mail index, rebuilt after the COPY, refuses
+    assert "users_email_lower_key" in r.err and "Traceback" not in r.err
+    assert counts(migrated) == {"users": 1, "posts": 0, "votes": 0}
+    with migrated.connect() as conn:
+        assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname ="
+                            " 'users_email_lower_key'").fetchone()[0].startswith("CREATE UNIQUE")
+
+
 def test_synthetic_counts_that_cannot_hold_are_refused(migrated):
     r = migrated.cli("seed", "--users", "2", "--posts", "3", "--votes", "7")
     assert r.code == 3 and "at most once per post" in r.err

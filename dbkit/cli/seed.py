@@ -41,7 +41,8 @@ def seed(users: int | None, posts: int | None, votes: int | None, seed_value: in
 
     synthetic = any(v is not None for v in (users, posts, votes))
     if sources and synthetic:
-        raise ConfigError("--from cannot be combined with --users/--posts/--votes")
+        raise ConfigError("--from cannot be combined with --users/--posts/--votes",
+                          hint="seed files and synthetic data in two runs")
     if not synthetic and (seed_value is not None or append):
         raise ConfigError("--seed and --append apply to synthetic data",
                           hint="add --users/--posts/--votes")
@@ -82,7 +83,7 @@ def render(result: Any) -> str:  # dbkit.seed.SeedResult
     if result.note:
         lines.append(result.note)
     for table, n in result.inserted.items():
-        extra = f"  ({result.skipped[table]} already present)" if result.skipped.get(table) else ""
+        extra = f"  ({result.skipped[table]:,} already present)" if result.skipped.get(table) else ""
         lines.append(f"  {table:<6} {n:>12,}{extra}")
     lines.append(f"  total  {result.rows:>12,} rows in {result.seconds:.2f} s "
                  f"({result.rows_per_s:,.0f} rows/s)")
