@@ -12,8 +12,9 @@ list of ``Finding``; an empty list means the files are safe to apply to a busy d
 from __future__ import annotations
 
 import bisect
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,10 @@ def is_transactional(text: str) -> bool:
     return True
 
 
-def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None) -> list[Finding]:
-    """Lint SQL text. ``transactional`` defaults to what the text's yoyo header says."""
+def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
+             earlier: Callable[[], dict[Any, str]] | None = None) -> list[Finding]:
+    """Lint SQL text. ``transactional`` defaults to what the text's yoyo header says;
+    ``earlier()`` gives the NOT VALID constraints that earlier migrations left to validate."""
     import pglast
     from pglast import parser
 
@@ -77,6 +80,8 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None) 
                 if t.name == "SQL_COMMENT"]
     checker = Checker(transactional=is_transactional(text) if transactional is None
                       else transactional)
+    if earlier is not None:
+        checker.earlier = earlier
     findings: list[Finding] = []
     prev_end_line = 0
     for raw in stmts:
@@ -112,7 +117,33 @@ def lint_file(path: str | Path) -> list[Finding]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc.__class__.__name__}",
                           hint="migration files must be readable UTF-8") from None
-    return lint_sql(text, str(path))
+    return lint_sql(text, str(path), earlier=functools.cache(lambda: _left_not_valid(p)))
+
+
+def _left_not_valid(path: Path) -> dict[Any, str]:
+    """NOT VALID constraints added, and not validated, by the migrations before ``path`` in its
+    directory (yoyo's order: by file name)."""
+    import pglast
+
+    from dbkit.lint_rules import Checker
+
+    left: dict[Any, str] = {}
+    for f in sorted(path.parent.glob("*.sql")):
+        if f.name >= path.name:
+            break
+        if f.name.endswith(".rollback.sql"):
+            continue
+        try:
+            stmts = pglast.parse_sql(f.read_text(encoding="utf-8"))
+        except Exception:  # an unparsable earlier file is reported when it is linted itself
+            continue
+        checker = Checker(transactional=False)
+        checker.earlier = lambda: left
+        for raw in stmts:
+            for _hit in checker.check(raw.stmt, raw.stmt_location):
+                pass
+        left.update(checker.not_valid)
+    return left
 
 
 def migration_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -7,7 +7,7 @@ earlier in the same migration cannot block anyone: no other session can see that
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,9 @@ class Checker:
     # constraints added NOT VALID in this file: (table, name) -> column proven NOT NULL, or ""
     not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
     not_null_proven: set[tuple[Table, str]] = field(default_factory=set)
+    # NOT VALID constraints added by earlier migrations, looked up only when this file
+    # validates one it did not add (the recommended two-migration pattern for SET NOT NULL)
+    earlier: Callable[[], dict[tuple[Table, str], str]] = lambda: {}
 
     def is_new(self, t: Table) -> bool:
         return any(t[1] == c[1] and (not t[0] or not c[0] or t[0] == c[0]) for c in self.created)
@@ -254,7 +257,12 @@ class Checker:
                 yield from self._add_constraint(cmd.def_, t, new, start)
             elif sub == AlterTableType.AT_ValidateConstraint:
                 col = self.not_valid.pop((t, cmd.name), None)
-                if col is not None and self.transactional and not new:
+                if col is None:
+                    col = self.earlier().get((t, cmd.name)) or None
+                    if col:
+                        self.not_null_proven.add((t, col))
+                    continue
+                if self.transactional and not new:
                     yield Hit("constraint-not-valid", _loc(cmd, start),
                               f"VALIDATE CONSTRAINT {cmd.name} runs in the same transaction as "
                               "its ADD ... NOT VALID, so the full scan happens while that "

@@ -11,7 +11,8 @@ import pytest
 from dbkit import __version__
 
 POSTS_IDS = ["0001_create_posts", "0002_create_users", "0003_add_post_owner",
-             "0004_create_votes", "0005_index_posts_owner"]
+             "0004_create_votes", "0005_index_posts_owner",
+             "0006_require_post_owner"]
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_history_has_one_row_per_applied_and_rolled_back_migration(created):
     assert r.code == 0, r.output
     entries = json.loads(r.out)
     assert [(e["direction"], e["migration"]) for e in entries] == \
-        [("apply", i) for i in POSTS_IDS] + [("rollback", POSTS_IDS[4]), ("rollback", POSTS_IDS[3])]
+        [("apply", i) for i in POSTS_IDS] + [("rollback", POSTS_IDS[-1]), ("rollback", POSTS_IDS[-2])]
     for e in entries:
         assert e["outcome"] == "ok" and e["duration_ms"] > 0
         assert e["finished_at"] >= e["started_at"]
@@ -39,8 +40,8 @@ def test_history_has_one_row_per_applied_and_rolled_back_migration(created):
     text = app.cli("history")
     assert text.code == 0
     lines = text.out.strip().splitlines()
-    assert len(lines) == 7 and all(" ms " in ln and "ok" in ln for ln in lines)
-    assert "rollback 0004_create_votes" in lines[-1]
+    assert len(lines) == len(POSTS_IDS) + 2 and all(" ms " in ln and "ok" in ln for ln in lines)
+    assert f"rollback {POSTS_IDS[-2]}" in lines[-1]
 
 
 def test_failed_migration_is_recorded_with_its_error(created):
@@ -64,7 +65,7 @@ def test_history_limit_and_empty(created):
     assert json.loads(app.cli("history", "--json").out) == []
     assert app.cli("migrate").code == 0
     last = json.loads(app.cli("history", "--json", "--limit", "2").out)
-    assert [e["migration"] for e in last] == POSTS_IDS[3:]
+    assert [e["migration"] for e in last] == POSTS_IDS[-2:]
 
 
 def test_dry_run_is_not_recorded(created):
@@ -72,4 +73,4 @@ def test_dry_run_is_not_recorded(created):
     assert app.cli("migrate", "--dry-run").code == 0
     assert app.cli("migrate").code == 0
     assert app.cli("rollback", "--dry-run").code == 0
-    assert len(json.loads(app.cli("history", "--json").out)) == 5
+    assert len(json.loads(app.cli("history", "--json").out)) == len(POSTS_IDS)

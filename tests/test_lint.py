@@ -242,11 +242,6 @@ def test_lint_paths_directories_files_and_errors(tmp_path: Path) -> None:
         lint_file(tmp_path / "notes.txt")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="0003_add_post_owner.sql validates its NOT VALID CHECK and "
-                   "FOREIGN KEY in the same transaction that added them (lines 20, 26), so the "
-                   "scans run under the ADD's lock: a real finding, reported to the lead; strict, "
-                   "so this fails loudly once 0003 is fixed and the marker must go")
 def test_shipped_migrations_lint_clean() -> None:
     migrations = REPO / "dbkit" / "migrations"
     assert sorted(migrations.glob("0*.sql"))
@@ -274,3 +269,18 @@ def test_cli_exit_codes_text_and_json(app) -> None:  # noqa: ANN001
     assert r.code == 3 and "does not exist" in r.err
     r = app.cli("lint", "--rules", "--json")
     assert r.code == 0 and len(json.loads(r.out)) == len(RULES)
+
+
+def test_set_not_null_after_a_check_validated_in_a_later_migration(tmp_path) -> None:
+    """The rule's own fix spans two migrations: CHECK ... NOT VALID, then VALIDATE + SET NOT NULL."""
+    (tmp_path / "0001_t.sql").write_text("CREATE TABLE t (a int, b int);\n")
+    (tmp_path / "0002_check.sql").write_text(
+        "ALTER TABLE t ADD CONSTRAINT t_a_nn CHECK (a IS NOT NULL) NOT VALID;\n")
+    (tmp_path / "0003_require.sql").write_text(
+        "ALTER TABLE t VALIDATE CONSTRAINT t_a_nn;\nALTER TABLE t ALTER COLUMN a SET NOT NULL;\n"
+        "ALTER TABLE t ALTER COLUMN b SET NOT NULL;\n")
+    found = [(Path(f.path).name, f.line, f.rule) for f in lint_paths([tmp_path])]
+    assert found == [("0003_require.sql", 3, "set-not-null")]  # b is not proven, a is
+    assert [f.rule for f in lint_file(tmp_path / "0003_require.sql")] == ["set-not-null"]
+    (tmp_path / "0002_check.sql").unlink()  # without the earlier CHECK, a is not proven either
+    assert [f.line for f in lint_file(tmp_path / "0003_require.sql")] == [2, 3]

@@ -17,7 +17,8 @@ from dbkit.server import find_pg_bin
 from dbkit.settings import Settings
 
 POSTS_IDS = ["0001_create_posts", "0002_create_users", "0003_add_post_owner",
-             "0004_create_votes", "0005_index_posts_owner"]
+             "0004_create_votes", "0005_index_posts_owner",
+             "0006_require_post_owner"]
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
@@ -146,8 +147,8 @@ def test_yoyo_cli_lists_every_migration_as_applied(created):
     # and yoyo's apply agrees there is nothing left to do: nothing runs twice
     applied = yoyo(app, "apply", str(PACKAGED))
     assert applied.returncode == 0, applied.stderr
-    assert rows(app, "SELECT count(*) FROM _yoyo_migration")[0][0] == 5
-    assert rows(app, "SELECT count(*) FROM _yoyo_log WHERE operation = 'apply'")[0][0] == 5
+    assert rows(app, "SELECT count(*) FROM _yoyo_migration")[0][0] == len(POSTS_IDS)
+    assert rows(app, "SELECT count(*) FROM _yoyo_log WHERE operation = 'apply'")[0][0] == len(POSTS_IDS)
 
 
 def test_dbkit_agrees_with_migrations_applied_by_yoyo(created):
@@ -236,13 +237,13 @@ def test_status_check_is_a_deploy_gate(created):
     app = created
     r = app.cli("status", "--check")
     assert r.code == 10, r.output
-    assert "5 migration(s) pending" in r.err
+    assert f"{len(POSTS_IDS)} migration(s) pending" in r.err
     assert app.cli("migrate", "--to", "0003_add_post_owner").code == 0
     assert app.cli("status", "--check").code == 10
     assert app.cli("migrate").code == 0
     r = app.cli("status", "--check")
     assert r.code == 0, r.output
-    assert "5 applied, 0 pending" in r.out
+    assert f"{len(POSTS_IDS)} applied, 0 pending" in r.out
 
 
 def test_status_json_lists_applied_with_time_and_pending(created):
@@ -265,7 +266,7 @@ def test_dry_run_prints_sql_and_changes_nothing(created):
     assert "CREATE TABLE posts" in r.out and "CREATE INDEX CONCURRENTLY" in r.out
     assert rows(app, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[0][0] == 0
     assert app.cli("migrate").code == 0
-    r = app.cli("rollback", "--steps", "2", "--dry-run")
+    r = app.cli("rollback", "--steps", "3", "--dry-run")
     assert r.code == 0, r.output
     assert "DROP INDEX CONCURRENTLY" in r.out and "DROP TABLE votes" in r.out
     assert applied_ids(app) == POSTS_IDS
@@ -275,7 +276,7 @@ def test_rollback_steps_and_to(created):
     app = created
     assert app.cli("migrate").code == 0
     assert app.cli("rollback").code == 0
-    assert applied_ids(app) == POSTS_IDS[:4]
+    assert applied_ids(app) == POSTS_IDS[:-1]
     r = app.cli("rollback", "--to", "0001_create_posts")
     assert r.code == 0, r.output
     assert applied_ids(app) == POSTS_IDS[:1]
@@ -299,8 +300,8 @@ def test_migrate_twice_is_idempotent(created):
     app = created
     assert app.cli("migrate").code == 0
     r = app.cli("migrate")
-    assert r.code == 0 and "nothing to apply (5 applied)" in r.out
-    assert rows(app, "SELECT count(*) FROM _yoyo_log")[0][0] == 5
+    assert r.code == 0 and f"nothing to apply ({len(POSTS_IDS)} applied)" in r.out
+    assert rows(app, "SELECT count(*) FROM _yoyo_log")[0][0] == len(POSTS_IDS)
 
 
 def test_rows_selected_by_a_migration_do_not_corrupt_json(created):
@@ -388,7 +389,7 @@ def test_local_migrations_directory_is_used(created):
     write(app.cwd / "migrations", {"0001_mine.sql": "CREATE TABLE mine (id int);\n"})
     assert app.cli("migrate").code == 0
     assert applied_ids(app) == ["0001_mine"]
-    assert app.cli("migrate", "--dry-run", "--migrations", str(PACKAGED)).out.count("-- 000") == 5
+    assert app.cli("migrate", "--dry-run", "--migrations", str(PACKAGED)).out.count("-- 000") == len(POSTS_IDS)
 
 
 def test_missing_directory_is_a_config_error(created):

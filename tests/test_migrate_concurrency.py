@@ -18,7 +18,8 @@ from dbkit.migrate import PACKAGED
 from dbkit.migration_lock import LOCK_CLASS, LOCK_ID
 
 POSTS_IDS = ["0001_create_posts", "0002_create_users", "0003_add_post_owner",
-             "0004_create_votes", "0005_index_posts_owner"]
+             "0004_create_votes", "0005_index_posts_owner",
+             "0006_require_post_owner"]
 
 # The middle migration sleeps only when the session asks for it (dbkit_test.sleep, set through
 # the URL's options), so the run after the kill finishes at once.

@@ -253,10 +253,10 @@ def test_unmigrated_database_refused_with_hint_to_migrate(app):
 
 def test_pending_migration_refused_even_when_tables_exist(app):
     assert app.cli("create").code == 0
-    assert app.cli("migrate", "--to", "0004_create_votes").code == 0
+    assert app.cli("migrate", "--to", "0005_index_posts_owner").code == 0
     r = app.cli("seed")
     assert r.code == 13, r.output
-    assert "1 migration(s) pending (0005_index_posts_owner)" in r.err
+    assert "1 migration(s) pending (0006_require_post_owner)" in r.err
     assert "run dbkit migrate" in r.err
     assert counts(app) == {"users": 0, "posts": 0, "votes": 0}
 

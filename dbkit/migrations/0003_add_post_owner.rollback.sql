@@ -1,2 +1,1 @@
 ALTER TABLE posts DROP COLUMN owner_id;
-DELETE FROM users WHERE lower(email) = 'legacy-owner@invalid';
