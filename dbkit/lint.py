@@ -198,3 +198,26 @@ class _LineIndex:
 
     def line(self, offset: int) -> int:
         return bisect.bisect_right(self.starts, offset)
+
+
+def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = False
+         ) -> list[str]:
+    """``dbkit migrate``'s check of what is about to run (objects with a ``.path``): findings
+    come back as warnings with ``--allow-unsafe`` or in development, else LintFindings.
+    A ``preview`` (dry run) only reports what the real run would do."""
+    from dbkit.errors import LintFindings
+
+    findings = [f for m in pending if m.path.suffix == ".sql" for f in lint_file(m.path)]
+    if not findings:
+        return []
+    allowed = allow_unsafe or env == "development"
+    if allowed or preview:
+        why = ("the real run would refuse without --allow-unsafe" if not allowed else
+               "allowed by --allow-unsafe" if allow_unsafe else "allowed by DBKIT_ENV=development")
+        return [f"unsafe on a live database ({why}): {f.path}:{f.line}: [{f.rule}] {f.message}"
+                for f in findings]
+    first = findings[0]
+    more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+    raise LintFindings(
+        f"refusing to migrate: {Path(first.path).name}:{first.line}: [{first.rule}] "
+        f"{first.message}{more}", hint=f"{first.fix}; see dbkit lint; or pass --allow-unsafe")

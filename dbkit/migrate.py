@@ -35,6 +35,7 @@ from dbkit.errors import (
     SchemaNotReady,
 )
 from dbkit.ledger import State, read_state
+from dbkit.lint import gate as lint_gate
 from dbkit.migration_files import MigrationFile, discover, statements
 from dbkit.migration_files import new_migration as _new_files
 from dbkit.migration_lock import MIGRATE_APP, MigrationLock, with_app
@@ -273,8 +274,8 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
     """Apply pending migrations in order (up to and including ``to``), each in its own
     transaction with its bookkeeping, one process at a time per database.
 
-    ``allow_unsafe`` is the switch for the migration linter's gate (issue 7); the linter
-    itself is wired in by the lint work, not here.
+    Pending migrations are linted first (``dbkit.lint``): findings refuse the run with
+    LintFindings unless ``allow_unsafe`` or DBKIT_ENV=development, where they are warnings.
     """
     directory = migrations_dir(settings)
     files = discover(directory)
@@ -287,18 +288,21 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
         with _reader(target, settings) as conn:
             state = read_state(conn)
         result.warnings = _warnings(files, state, refuse_renames=False)
+        pending = _pending(files, state, to)
+        result.warnings += lint_gate(pending, allow_unsafe, settings.env, preview=True)
         result.plan = [Planned(f.id, f.transactional, [s.sql for s in statements(f.path)])
-                       for f in _pending(files, state, to)]
+                       for f in pending]
         result.already_applied = len(state.applied)
         return result
     with _locked(target, settings, limits) as runner:
         state = runner.prepare(files)
         drifted = _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
+        unsafe = lint_gate(pending, allow_unsafe, settings.env)
         result.already_applied = len(state.applied)
         for f in pending:
             result.applied.append(runner.run(f, "apply"))
-        result.warnings = runner.notes + drifted
+        result.warnings = runner.notes + drifted + unsafe
     return result
 
 

@@ -389,7 +389,8 @@ def test_local_migrations_directory_is_used(created):
     write(app.cwd / "migrations", {"0001_mine.sql": "CREATE TABLE mine (id int);\n"})
     assert app.cli("migrate").code == 0
     assert applied_ids(app) == ["0001_mine"]
-    assert app.cli("migrate", "--dry-run", "--migrations", str(PACKAGED)).out.count("-- 000") == len(POSTS_IDS)
+    plan = app.cli("migrate", "--dry-run", "--migrations", str(PACKAGED)).out
+    assert plan.count("-- 000") == len(POSTS_IDS)
 
 
 def test_missing_directory_is_a_config_error(created):

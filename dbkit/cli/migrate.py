@@ -44,17 +44,20 @@ def _render_plan(result: Any, verb: str) -> str:
 @cli.command()
 @click.option("--to", "to", default=None, metavar="ID", help="Stop after this migration.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option("--allow-unsafe", is_flag=True,
+              help="Apply even if dbkit lint finds statements unsafe on a live database "
+              "(findings are only warnings when DBKIT_ENV=development).")
 @_timeout_options
 @_migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def migrate(to: str | None, dry_run: bool, lock_timeout: str | None,
+def migrate(to: str | None, dry_run: bool, allow_unsafe: bool, lock_timeout: str | None,
             statement_timeout: str | None, migrations: str | None, as_json: bool) -> None:
     """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL."""
     from dbkit import migrate as m
 
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
-    result = m.migrate(s, to=to, dry_run=dry_run)
+    result = m.migrate(s, to=to, dry_run=dry_run, allow_unsafe=allow_unsafe)
     _warn(result.warnings)
     if dry_run:
         emit(result.as_dict(), as_json, _render_plan(result, "apply"))
