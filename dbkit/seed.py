@@ -148,7 +148,8 @@ def seed_synthetic(settings: Settings, users: int, posts: int, votes: int, seed:
         inserted = dict.fromkeys(TABLES, 0)
         counts = {"users": users, "posts": posts, "votes": votes}
         big = [t for t in TABLES if defer and counts[t] >= max(DEFER_MIN_ROWS, have[t])]
-        with _deferred(conn, big):
+        cheap = [t for t in TABLES if t in big or (not have[t] and not counts[t])]
+        with _deferred(conn, big, cheap):
             for table in TABLES:
                 if counts[table]:
                     inserted[table] = copy_text(conn, table, gen.stream(table), progress)
@@ -251,26 +252,36 @@ def copy_text(conn: psycopg.Connection, table: str, chunks: Iterator[tuple[str, 
 
 
 @contextlib.contextmanager
-def _deferred(conn: psycopg.Connection, tables: list[str]) -> Iterator[None]:
-    """Drop the foreign keys and plain indexes of ``tables`` and recreate them when the block
-    ends (same transaction: an error rolls the drops back too). Only for tables this role
-    owns; others keep their constraints and load row by row."""
+def _deferred(conn: psycopg.Connection, tables: list[str], cheap: list[str]) -> Iterator[None]:
+    """Drop the constraints and indexes of ``tables`` that make COPY work row by row, and
+    recreate them when the block ends (same transaction: an error rolls the drops back too).
+
+    Dropped: foreign keys leaving ``tables`` (towards tables we own); plain indexes (backing no
+    constraint); primary keys / unique constraints whose referencing foreign keys all sit on
+    ``cheap`` tables (being loaded too, or empty: re-validating them costs little), with those
+    foreign keys. Only tables this role owns; others keep everything and load row by row."""
     from psycopg import sql
 
     if not tables:
         yield
         return
-    owned = [r[0] for r in conn.execute(
-        "SELECT c.oid FROM pg_class c WHERE c.oid = ANY(%s::regclass[])"
-        " AND pg_has_role(c.relowner, 'USAGE')", [tables]).fetchall()]
-    # Foreign keys leaving the tables (their triggers check every row), valid ones only.
+    owned = _owned(conn, tables)
+    cheap_oids = _owned(conn, cheap)
+    keys = conn.execute(
+        "SELECT n.nspname, t.relname, c.conname, pg_get_constraintdef(c.oid), c.conindid"
+        " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE c.contype IN ('p', 'u') AND c.conrelid = ANY(%s::oid[]) AND NOT EXISTS"
+        " (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid"
+        "  AND NOT f.conrelid = ANY(%s::oid[])) ORDER BY c.conname", [owned, cheap_oids]).fetchall()
+    # pg_get_constraintdef keeps NOT VALID, so an unvalidated key comes back unvalidated.
     fks = conn.execute(
         "SELECT n.nspname, t.relname, c.conname, pg_get_constraintdef(c.oid)"
         " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
-        " JOIN pg_namespace n ON n.oid = t.relnamespace"
-        " WHERE c.contype = 'f' AND c.convalidated AND c.conrelid = ANY(%s::oid[])"
-        " ORDER BY c.conname", [owned]).fetchall()
-    # Indexes that back no constraint (nor a foreign key elsewhere): safe to drop and rebuild.
+        " JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_class r ON r.oid = c.confrelid"
+        " WHERE c.contype = 'f' AND ((c.conrelid = ANY(%s::oid[])"
+        "  AND pg_has_role(r.relowner, 'USAGE')) OR c.conindid = ANY(%s::oid[]))"
+        " ORDER BY c.conname", [owned, [k[4] for k in keys]]).fetchall()
     idx = conn.execute(
         "SELECT n.nspname, x.relname, pg_get_indexdef(i.indexrelid)"
         " FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid"
@@ -278,19 +289,29 @@ def _deferred(conn: psycopg.Connection, tables: list[str]) -> Iterator[None]:
         " WHERE i.indrelid = ANY(%s::oid[]) AND i.indisvalid"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
         " ORDER BY x.relname", [owned]).fetchall()
-    for nsp, rel, name, _ in fks:
+    for nsp, rel, name, *_ in (*fks, *keys):
         conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
             sql.Identifier(nsp, rel), sql.Identifier(name)))
     for nsp, name, _ in idx:
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(nsp, name)))
-    log.info("deferred %d foreign key(s) and %d index(es) until the data is in", len(fks), len(idx))
+    log.info("deferred %d key(s), %d foreign key(s) and %d index(es) until the data is in",
+             len(keys), len(fks), len(idx))
     yield
-    # The definitions are the server's own (pg_get_indexdef / pg_get_constraintdef).
+    # The definitions are the server's own (pg_get_constraintdef / pg_get_indexdef).
+    for nsp, rel, name, definition, *_ in keys:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            sql.Identifier(nsp, rel), sql.Identifier(name), sql.SQL(definition)))
     for _, _, definition in idx:
-        conn.execute(sql.SQL(definition))  # type: ignore[arg-type]
+        conn.execute(sql.SQL(definition))
     for nsp, rel, name, definition in fks:
         conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            sql.Identifier(nsp, rel), sql.Identifier(name), sql.SQL(definition)))  # type: ignore[arg-type]
+            sql.Identifier(nsp, rel), sql.Identifier(name), sql.SQL(definition)))
+
+
+def _owned(conn: psycopg.Connection, tables: list[str]) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT c.oid FROM pg_class c WHERE c.oid = ANY(%s::regclass[])"
+        " AND pg_has_role(c.relowner, 'USAGE')", [tables]).fetchall()]
 
 
 def _advance_sequences(conn: psycopg.Connection) -> None:

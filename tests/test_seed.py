@@ -63,6 +63,15 @@ def foreign_keys_hold(conn: psycopg.Connection) -> None:
     assert {"posts_owner_id_idx", "votes_user_id_idx", "users_email_lower_key"} <= idx
 
 
+def schema_snapshot(conn: psycopg.Connection) -> list[tuple[str, ...]]:
+    """Every constraint and index of the three tables, as the server defines them."""
+    return conn.execute(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated::text"
+        " FROM pg_constraint WHERE conrelid IN ('users'::regclass, 'posts'::regclass,"
+        " 'votes'::regclass) UNION ALL SELECT tablename, indexname, indexdef, '' FROM pg_indexes"
+        " WHERE tablename IN ('users', 'posts', 'votes') ORDER BY 1, 2, 3").fetchall()
+
+
 # -- 1. dbkit seed twice ------------------------------------------------------------------
 def test_sample_seed_twice_second_run_adds_nothing(migrated):
     first = migrated.cli("seed")
@@ -106,6 +115,7 @@ def test_synthetic_same_seed_identical_on_two_fresh_databases_fks_hold(migrated)
     with migrated.connect() as c1, psycopg.connect(**migrated.url.connect_kwargs(other)) as c2:
         assert fingerprint(c1) == fingerprint(c2)
         foreign_keys_hold(c1)
+        assert schema_snapshot(c1) == schema_snapshot(c2)
         assert c1.execute("SELECT min(id), max(id) FROM posts").fetchone() == (1, 50000)
         # Identity sequences moved past the explicit ids: the app's next insert works.
         c1.execute("INSERT INTO users (email, password_hash) VALUES ('new@example.com', '!')")
@@ -350,8 +360,12 @@ def test_peak_memory_is_flat_in_the_row_count(migrated):
     small = peak_rss_mib(migrated, "seed", "--users", "100", "--posts", "5000")
     with migrated.connect() as conn:
         conn.execute("TRUNCATE users, posts, votes")
+        before = schema_snapshot(conn)
     big = peak_rss_mib(migrated, "seed", "--users", "5000", "--posts", "300000",
                        "--votes", "200000")
     assert counts(migrated) == {"users": 5000, "posts": 300000, "votes": 200000}
+    with migrated.connect() as conn:  # keys, foreign keys and indexes rebuilt exactly
+        foreign_keys_hold(conn)
+        assert schema_snapshot(conn) == before
     assert big < 150, f"peak RSS {big:.0f} MiB"
     assert big - small < 25, f"peak RSS grew from {small:.0f} to {big:.0f} MiB with 100x the rows"
