@@ -1,10 +1,14 @@
 """Per-test database cost: dbkit's ``dbkit_db`` fixture vs a raw ``CREATE DATABASE … TEMPLATE``
 fixture vs pytest-postgresql's per-test ``postgresql`` fixture, all on the posts schema.
 
-Each variant is a real pytest run of N identical tests (connect, one query) against the same
-server. Per-test cost = median wall-clock time from one test's end to the next one's (so
-dbkit's background drop/prefetch is counted wherever it lands; the first test, which pays for
-session fixtures, is left out); also the median setup phase alone. Runs are interleaved.
+Every test connects to its database and runs one query, against the same server.
+1. One pytest run in which the three variants take turns test by test, so the machine's noise
+   (other processes' disk and CPU) hits them alike; dbkit in its synchronous mode, so all of its
+   work is inside its tests' phases; per test = setup + call + teardown.
+2. Separate runs per variant, dbkit as the plugin runs by default (drops and the next clone in a
+   background thread): per test = median wall clock from one test's end to the next one's, so
+   background work counts wherever it lands; also the setup phase alone.
+The first test of each kind (it pays for session fixtures) is left out.
 Also: the library alone (clone + drop in a loop) vs the bare SQL, without pytest.
 
 pytest-postgresql is not a dbkit dependency. Install it somewhere of its own and point
@@ -126,6 +130,22 @@ def test_raw(raw_db, i):
 @pytest.mark.parametrize("i", range(N))
 def test_ppg(postgresql, i):
     assert postgresql.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+
+
+VARIANTS = __import__("os").environ.get("BENCH_VARIANTS", "dbkit,raw").split(",")
+FIXTURE = {"dbkit": "dbkit_db", "raw": "raw_db", "ppg": "postgresql"}
+
+
+@pytest.mark.parametrize("i,variant", [(i, v) for i in range(N) for v in VARIANTS])
+def test_mixed(request, i, variant):
+    """The variants take turns, so whatever else the machine does hits them alike."""
+    db = request.getfixturevalue(FIXTURE[variant])
+    if variant == "ppg":
+        assert db.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+        return
+    kw = db.connect_kwargs() if variant == "dbkit" else db
+    with psycopg.connect(**kw) as conn:
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
 '''
 
 
@@ -134,6 +154,15 @@ def per_test_ms(out: Path) -> float:
     gaps between phases is counted too (a sum of phase durations would miss it)."""
     ends = [phases["teardown"][1] for phases in json.loads(out.read_text()).values()]
     return statistics.median([b - a for a, b in zip(ends, ends[1:], strict=False)]) * 1000
+
+
+def mixed_ms(out: Path) -> dict[str, list[float]]:
+    """setup+call+teardown of each test of the interleaved run, by variant (first ones out)."""
+    by: dict[str, list[float]] = {}
+    for nodeid, phases in json.loads(out.read_text()).items():
+        variant = nodeid.rsplit("-", 1)[1].rstrip("]")
+        by.setdefault(variant, []).append(sum(p[0] for p in phases.values()))
+    return {v: xs[1:] for v, xs in by.items()}
 
 
 def setup_ms(out: Path, which: str) -> float:
@@ -171,10 +200,10 @@ def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object
         if extra:
             env.update(PYTHONPATH=os.pathsep.join([extra, env.get("PYTHONPATH", "")]))
 
-        def run(variant: str) -> Path:
+        def run(variant: str, *extra: str) -> Path:
             out = project / f"{variant}.json"
             proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   "-k", f"test_{variant}", "test_bench.py"], cwd=project,
+                                   "-k", f"test_{variant}", *extra, "test_bench.py"], cwd=project,
                                   env={**env, "BENCH_OUT": str(out)}, capture_output=True,
                                   text=True, timeout=600)
             if proc.returncode != 0:
@@ -182,6 +211,22 @@ def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object
             return out
 
         variants = ["dbkit", "raw"] + (["ppg"] if has_ppg else [])
+        env["BENCH_VARIANTS"] = ",".join(variants)
+        # 1. Interleaved in one run; dbkit in its synchronous mode so every bit of its work
+        #    lands inside its own tests' phases.
+        mixed: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(rounds):
+            for v, xs in mixed_ms(run("mixed", "-o", "dbkit_background=false")).items():
+                mixed[v] += xs
+        mixed_values = {v: median(xs) * 1000 for v, xs in mixed.items()}
+        lines = [("dbkit_db (sync) vs raw CREATE DATABASE … TEMPLATE", "dbkit", "raw")]
+        if has_ppg:
+            lines.append(("dbkit_db (sync) vs pytest-postgresql `postgresql`", "dbkit", "ppg"))
+        print(f"\nserver: {'given/fsync-off' if fast else 'durable local cluster (fsync on)'}")
+        rows += table(f"Per test, variants interleaved in one run ({rounds}x{n} tests each; "
+                      "setup+call+teardown)", lines, {}, values=mixed_values)
+
+        # 2. Separate runs, wall clock: dbkit as the plugin runs by default (background work).
         per_test: dict[str, list[float]] = {v: [] for v in variants}
         setups: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(rounds):
@@ -189,10 +234,12 @@ def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object
                 out = run(v)
                 per_test[v].append(per_test_ms(out))
                 setups[v].append(setup_ms(out, "setup"))
+        for v in variants:
+            print(f"{v}: per-test wall clock of each run (ms): "
+                  + ", ".join(f"{x:.1f}" for x in per_test[v]))
         values = {f"{v} {kind}": median(d[v]) for kind, d in (("test", per_test), ("setup", setups))
                   for v in variants}
-        print(f"\nserver: {'given/fsync-off' if fast else 'durable local cluster (fsync on)'}; "
-              f"{n} tests per run, {rounds} interleaved runs per variant; "
+        print(f"\n{n} tests per run, {rounds} interleaved runs per variant; "
               f"medians of the per-run medians")
         lines = [("dbkit_db vs raw CREATE DATABASE … TEMPLATE (wall clock per test)",
                   "dbkit test", "raw test"),
@@ -203,7 +250,8 @@ def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object
                        "dbkit test", "ppg test"),
                       ("dbkit_db vs pytest-postgresql `postgresql` (setup only)",
                        "dbkit setup", "ppg setup")]
-        rows += table("Per-test database in pytest", lines, {}, values=values)
+        rows += table("Per test, separate runs per variant (dbkit with background drop/prefetch)",
+                      lines, {}, values=values)
 
         # The library alone, no pytest: clone+drop vs the bare statements on one connection.
         from psycopg import sql
