@@ -9,6 +9,13 @@ connection), unlike a session advisory lock.
 In the same transaction dbkit inserts yoyo's lock row and never commits it: a ``yoyo apply``
 started meanwhile waits for dbkit instead of racing it, and the row vanishes with the
 transaction. A *committed* row left by a yoyo process is reported, never removed silently.
+
+Waiters poll with ``pg_try_advisory_xact_lock`` between short transactions instead of blocking
+in ``pg_advisory_xact_lock``: a backend blocked inside a statement holds a snapshot, and
+``CREATE INDEX CONCURRENTLY`` (a non-transactional migration of the holder) waits for every
+older snapshot in the database. The holder would wait for its waiters while they wait for it,
+a deadlock PostgreSQL cannot detect (it runs through the client) that lasted until every
+waiter's lock timeout, forever with ``--lock-timeout 0`` (found by tests/faults/test_races.py).
 """
 
 from __future__ import annotations
@@ -60,21 +67,30 @@ class MigrationLock:
         conn.prepare_threshold = None  # no prepared statements: PgBouncer transaction mode
         self.conn = conn
         deadline = time.monotonic() + self.wait_ms / 1000 if self.wait_ms else None
+        pause = 0.01
         try:
             while True:
                 conn.execute("BEGIN")
                 left = 0 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
                 # The lock's transaction spans the run: server or role defaults for idle,
-                # statement or transaction timeouts must not end it (lock_timeout bounds the wait).
+                # statement or transaction timeouts must not end it (lock_timeout bounds the
+                # wait for yoyo's row below).
                 conn.execute("SELECT set_config('lock_timeout', %s, true),"
                              " set_config('statement_timeout', '0', true),"
                              " set_config('idle_in_transaction_session_timeout', '0', true)",
                              (f"{left}ms",))
                 if conn.info.server_version >= 170000:
                     conn.execute("SELECT set_config('transaction_timeout', '0', true)")
+                # Never block inside a statement while waiting (see the module docstring).
+                if not conn.execute("SELECT pg_try_advisory_xact_lock(%s::int4, %s::int4)",
+                                    (LOCK_CLASS, LOCK_ID)).fetchone()[0]:
+                    conn.execute("ROLLBACK")
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise LockTimeout(self._held_by())
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.1)
+                    continue
                 try:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
-                                 (LOCK_CLASS, LOCK_ID))
                     got = self._yoyo_row(conn)
                 except psycopg.errors.LockNotAvailable:
                     conn.execute("ROLLBACK")
