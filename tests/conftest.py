@@ -4,8 +4,10 @@ application names, and a way to run the dbkit CLI in-process or as a real subpro
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,19 @@ class App:
         from dbkit.settings import read_env_file
 
         return DbURL.parse(read_env_file(self.cwd / ".env")["DATABASE_URL"])
+
+
+@pytest.fixture
+def project() -> Iterator[Path]:
+    """An empty project directory the server's OS user can reach (tmp_path is 0700 as root);
+    its local server, if a test started one, is destroyed afterwards."""
+    from dbkit.server import LocalServer
+
+    d = Path(tempfile.mkdtemp(prefix="dbkit-proj-"))
+    os.chmod(d, 0o755)
+    yield d
+    LocalServer(d / ".dbkit").destroy()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

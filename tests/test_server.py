@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 from helpers import run_dbkit as dbkit
 
 from dbkit.server import LocalServer, find_pg_bin
-
-
-@pytest.fixture
-def project() -> Iterator[Path]:
-    """An empty project directory the server's OS user can reach (tmp_path is 0700 as root)."""
-    d = Path(tempfile.mkdtemp(prefix="dbkit-proj-"))
-    os.chmod(d, 0o755)
-    yield d
-    LocalServer(d / ".dbkit").destroy()
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def admin_conn(project: Path) -> psycopg.Connection:

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from helpers import run_dbkit as dbkit
 
-from dbkit.server import LocalServer, find_pg_bin
+from dbkit.server import find_pg_bin
 from dbkit.settings import read_env_file
 from dbkit.urls import DbURL
-
-
-@pytest.fixture
-def empty_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="dbkit-empty-"))
-    os.chmod(d, 0o755)
-    yield d
-    LocalServer(d / ".dbkit").destroy()
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def psql(url: DbURL, query: str) -> str:
@@ -43,39 +29,39 @@ def counts(url: DbURL) -> str:
                      " || ',' || (SELECT count(*) FROM votes)")
 
 
-def test_setup_from_nothing_then_again_then_after_stop(empty_dir):
+def test_setup_from_nothing_then_again_then_after_stop(project):
     # 1. empty directory, no configuration at all
-    first = dbkit(empty_dir, "setup")
+    first = dbkit(project, "setup")
     assert first.returncode == 0, first.stderr
-    url = DbURL.parse(read_env_file(empty_dir / ".env")["DATABASE_URL"])
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
     assert url.dbname != "postgres" and url.user != "postgres"
     assert f"DATABASE_URL={url}" in first.stdout and url.password not in first.stdout
-    assert str(empty_dir / ".env") in first.stdout
+    assert str(project / ".env") in first.stdout
     tables = psql(url, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables"
                        " WHERE schemaname = 'public' AND tablename IN ('posts','users','votes')")
     assert tables == "posts,users,votes"
     users, posts, votes = map(int, counts(url).split(","))
     assert users > 0 and posts > 0 and votes > 0
     # 2. again: exit 0, nothing changed
-    second = dbkit(empty_dir, "setup")
+    second = dbkit(project, "setup")
     assert second.returncode == 0, second.stderr
     assert "nothing changed" in second.stdout
     assert counts(url) == f"{users},{posts},{votes}"
-    assert read_env_file(empty_dir / ".env")["DATABASE_URL"] == url.render(reveal=True)
+    assert read_env_file(project / ".env")["DATABASE_URL"] == url.render(reveal=True)
     # 3. stop the server, setup again: it starts, data intact
-    assert dbkit(empty_dir, "server", "stop").returncode == 0
-    third = dbkit(empty_dir, "setup")
+    assert dbkit(project, "server", "stop").returncode == 0
+    third = dbkit(project, "setup")
     assert third.returncode == 0, third.stderr
     assert counts(url) == f"{users},{posts},{votes}"
 
 
-def test_setup_no_seed_and_json(empty_dir):
+def test_setup_no_seed_and_json(project):
     import json
 
-    r = dbkit(empty_dir, "setup", "--no-seed", "--json")
+    r = dbkit(project, "setup", "--no-seed", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert [s["step"] for s in data["steps"]] == ["create", "migrate"]
-    url = DbURL.parse(read_env_file(empty_dir / ".env")["DATABASE_URL"])
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
     assert counts(url) == "0,0,0"
     assert url.password not in r.stdout
