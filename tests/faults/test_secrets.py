@@ -1,0 +1,153 @@
+"""Secrets: generated and given passwords never appear in the server's statement log, in
+dbkit's output (also with ``--verbose --debug``), or in any process's argv.
+
+A dedicated cluster — the one ``dbkit server start`` creates for a project, so its admin
+password is generated too — runs with ``log_statement = all`` (parameters of bound statements
+logged in full, PostgreSQL's default), and every command that handles a password runs against
+it as a real process: server start, setup (generated and given passwords), migrate, rollback,
+status, verify, history, seed (sample, synthetic, files), testdb create/drop, reset, and the
+error path of a wrong password. ``dbkit create`` alone is covered by tests/test_create.py.
+While they run, a thread records the command line of every process on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from helpers import clean_env
+
+from dbkit.server import LocalServer
+from dbkit.settings import read_env_file
+from dbkit.testdb import owner_password
+from dbkit.testing import fast_tmp, unique_name
+from dbkit.urls import DbURL
+
+pytestmark = pytest.mark.faults
+
+
+class ArgvRecorder:
+    """Every distinct /proc/*/cmdline seen while it runs (short-lived processes included,
+    down to a few milliseconds)."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scan, daemon=True)
+
+    def _scan(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            self.seen.add(f.read())
+                    except OSError:
+                        pass
+            time.sleep(0.002)
+
+    def __enter__(self) -> ArgvRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def project():
+    base = Path(os.path.realpath(fast_tmp() or "/tmp"))
+    d = base / unique_name("dbkit-secrets")
+    d.mkdir()
+    os.chmod(d, 0o711)  # as root the server runs as 'postgres', which must reach .dbkit
+    try:
+        yield d
+    finally:
+        LocalServer(d / ".dbkit").destroy()
+        subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def test_passwords_stay_out_of_log_output_and_argv(project):
+    outputs: list[str] = []
+    base_env = clean_env()
+
+    def dbkit(*args: str, code: int = 0, **env: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "dbkit", "--verbose", "--debug", *args],
+                              cwd=project, env={**base_env, **env}, capture_output=True,
+                              text=True, timeout=180)
+        out = proc.stdout + proc.stderr
+        outputs.append(out)
+        assert proc.returncode == code, (args, out)
+        return out
+
+    server = LocalServer(project / ".dbkit")
+    given = "Given-" + unique_name("pw") + "-ü+/ &"  # needs percent-encoding in a URL
+    wrong = "Wrong-" + unique_name("pw")
+    with ArgvRecorder() as argv:
+        dbkit("server", "start")
+        admin = server.admin_url()
+        with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
+            conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+            conn.execute("ALTER SYSTEM SET log_min_error_statement = 'info'")
+            conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.2)  # the postmaster passes the reload on to new sessions
+        dbkit("server", "status")
+        dbkit("server", "url")
+        # generated password (no DATABASE_URL): setup writes it to .env
+        dbkit("setup")
+        generated = read_env_file(project / ".env")["DATABASE_URL"]
+        # a given password, through DATABASE_URL
+        app2 = DbURL(user="app two", password=given, host=admin.host, port=admin.port,
+                     dbname="app two db")
+        env2 = {"DATABASE_URL": app2.render(reveal=True)}
+        dbkit("setup", "--no-seed", **env2)
+        dbkit("rollback", "--steps", "2", **env2)
+        dbkit("migrate", **env2)
+        dbkit("status", **env2)
+        dbkit("verify", **env2)
+        dbkit("history", **env2)
+        dbkit("seed", **env2)
+        dbkit("seed", "--users", "30", "--posts", "300", "--votes", "100", "--append", **env2)
+        seed_dir = project / "seed-data"
+        seed_dir.mkdir()
+        (seed_dir / "users.csv").write_text("email\nsecret-test@example.com\n")
+        dbkit("seed", "--from", str(seed_dir), **env2)
+        dbkit("testdb", "create", "--count", "2")
+        dbkit("testdb", "drop", "--all")
+        dbkit("reset", "--yes")
+        regenerated = read_env_file(project / ".env")["DATABASE_URL"]
+        # wrong passwords: clean errors that do not echo them
+        dbkit("migrate", code=4, DATABASE_URL=app2.with_(password=wrong).render(reveal=True))
+        dbkit("seed", code=4, DATABASE_URL=app2.with_(password=wrong).render(reveal=True))
+        dbkit("testdb", "create", code=4,
+              DBKIT_ADMIN_URL=admin.with_(password=wrong).render(reveal=True))
+        dbkit("server", "stop")
+
+    log = (server.pgdata / "server.log").read_text(errors="replace")
+    # the log really recorded the commands' statements
+    for needle in ("CREATE ROLE", "CREATE TABLE", "COPY", "INSERT INTO", "authentication failed"):
+        assert needle in log, needle
+    secrets = {
+        "admin password (generated by server start)": admin.password,
+        "setup's generated password": DbURL.parse(generated).password,
+        "reset's generated password": DbURL.parse(regenerated).password,
+        "given password": given,
+        "wrong password": wrong,
+        "testdb role's derived password": owner_password(admin),
+    }
+    assert all(secrets.values()), secrets.keys()
+    places = {"server log": log, "dbkit output": "\n".join(outputs),
+              "process arguments": b"\n".join(argv.seen).decode(errors="replace")}
+    assert len(argv.seen) > 20 and any(b"initdb" in c for c in argv.seen)  # the scan saw them
+    leaks = [f"{name} in {where}" for name, secret in secrets.items()
+             for where, text in places.items()
+             for form in {secret, quote(secret or "", safe="")} if form and form in text]
+    assert leaks == []
