@@ -190,8 +190,13 @@ def session(settings: Settings, dry_run: bool = False) -> Iterator[psycopg.Conne
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", [settings.lock_timeout])
                 conn.execute("SET LOCAL TimeZone = 'UTC'")
                 conn.execute("LOCK TABLE users, posts, votes IN SHARE ROW EXCLUSIVE MODE")
+                # Sequences ignore rollbacks (nextval for rows without ids, our setval): a dry
+                # run puts them back itself, while the lock still keeps other inserters out.
+                before = _sequences(conn) if dry_run else []
                 yield conn
                 if dry_run:
+                    for seq, last, called in before:
+                        conn.execute("SELECT setval(%s::regclass, %s, %s)", [seq, last, called])
                     raise psycopg.Rollback()
         except psycopg.Error as exc:
             raise db_error(exc) from None
@@ -329,6 +334,22 @@ def _advance_sequences(conn: psycopg.Connection) -> None:
             " (SELECT max(id) FROM {}) AS m) x"
             " WHERE m > coalesce(pg_sequence_last_value(s::regclass), 0)").format(
                 sql.Identifier(table)), [table])
+
+
+def _sequences(conn: psycopg.Connection) -> list[tuple[str, int, bool]]:
+    """(sequence, last_value, is_called) of the users/posts id sequences."""
+    from psycopg import sql
+
+    out = []
+    for table in ("users", "posts"):
+        nsp, rel = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.oid = pg_get_serial_sequence(%s, 'id')::regclass",
+            [table]).fetchone()
+        last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
+            sql.Identifier(nsp, rel))).fetchone()
+        out.append((sql.Identifier(nsp, rel).as_string(conn), last, called))
+    return out
 
 
 def _scalar(conn: psycopg.Connection, query: str, table: str) -> Any:

@@ -288,12 +288,26 @@ def test_seed_runs_as_database_url_role_without_rights_refused(migrated, admin_c
     assert counts(migrated) == {"users": 0, "posts": 0, "votes": 0}
 
 
-def test_dry_run_reports_and_changes_nothing(migrated):
+def sequences(app) -> list[tuple[int, bool]]:
+    with app.connect() as conn:
+        return [conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
+            sql.Identifier(f"{t}_id_seq"))).fetchone() for t in ("users", "posts")]
+
+
+def test_dry_run_reports_and_changes_nothing_not_even_sequences(migrated):
     r = migrated.cli("seed", "--dry-run", "--json")
     assert r.code == 0, r.output
     data = json.loads(r.out)
     assert data["dry_run"] is True and data["inserted"]["users"] == 5
     assert counts(migrated) == {"users": 0, "posts": 0, "votes": 0}
+    assert sequences(migrated) == [(1, False), (1, False)]
+    assert migrated.cli("seed").code == 0  # sample rows take ids from the sequences
+    after_sample = sequences(migrated)
+    for args in (("seed", "--dry-run", "--users", "10", "--posts", "20", "--append"),
+                 ("seed", "--dry-run")):
+        r = migrated.cli(*args)
+        assert r.code == 0 and "dry run (rolled back)" in r.out, r.output
+        assert sequences(migrated) == after_sample
 
 
 # -- output: --json, progress only on a terminal --------------------------------------------
