@@ -388,6 +388,8 @@ def drop(settings: Settings, *, force: bool = False, dry_run: bool = False) -> R
     existed: list[str] = []
     with connect(admin, settings, autocommit=True) as conn:
         _check_admin(conn, need_createdb=True)
+        for r in roles:  # check first: DROP DATABASE cannot be undone if DROP ROLE then fails
+            _check_droppable(conn, r, db)
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
             existed.append(f"database {db}")
             stmt = sql.SQL("DROP DATABASE {}{}").format(
@@ -410,6 +412,27 @@ def drop(settings: Settings, *, force: bool = False, dry_run: bool = False) -> R
                   existed=existed, statements=steps, dry_run=dry_run, url=str(url))
 
 
+def _check_droppable(conn: psycopg.Connection, role: str, db: str) -> None:
+    """Refuse before changing anything when the role owns or is granted things outside
+    ``db`` (DROP ROLE would fail after the database is already gone)."""
+    elsewhere = conn.execute(
+        "SELECT CASE WHEN s.classid = 'pg_database'::regclass THEN 'database '"
+        "   || (SELECT datname FROM pg_database WHERE oid = s.objid)"
+        " WHEN d.datname IS NULL THEN 'a cluster-wide object' ELSE 'database ' || d.datname END"
+        " FROM pg_shdepend s"
+        " JOIN pg_roles r ON r.oid = s.refobjid AND s.refclassid = 'pg_authid'::regclass"
+        " LEFT JOIN pg_database d ON d.oid = s.dbid"
+        " WHERE r.rolname = %s AND s.deptype IN ('o', 'a')"
+        " AND coalesce(d.datname, '') <> %s"
+        " AND NOT (s.classid = 'pg_database'::regclass"
+        "          AND s.objid = (SELECT oid FROM pg_database WHERE datname = %s))"
+        " ORDER BY 1 LIMIT 1", (role, db, db)).fetchone()
+    if elsewhere:
+        raise Conflict(f"role {role!r} owns objects or holds privileges outside database "
+                       f"{db!r} ({elsewhere[0]}); nothing was dropped",
+                       hint="REASSIGN OWNED / DROP OWNED BY that role there, then dbkit drop again")
+
+
 def _drop_database(conn: psycopg.Connection, stmt: sql.Composable, db: str) -> None:
     import psycopg
 
@@ -429,6 +452,6 @@ def _drop_role(conn: psycopg.Connection, stmt: sql.Composable, role: str) -> Non
     log.info("%s", stmt.as_string(conn))
     try:
         conn.execute(stmt)
-    except psycopg.errors.DependentObjectsStillRemain:
+    except psycopg.errors.DependentObjectsStillExist:
         raise Conflict(f"role {role!r} still owns objects or holds privileges in other databases",
                        hint="run DROP OWNED BY in those databases, then dbkit drop again") from None

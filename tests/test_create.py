@@ -432,3 +432,17 @@ def test_json_output(app):
     assert data["database"] == app.db and data["created"] == [f"role {app.role}",
                                                                f"database {app.db}"]
     assert app.password not in json.dumps(data)
+
+
+def test_drop_when_role_owns_objects_elsewhere_is_a_conflict(app, admin_conn):
+    assert app.cli("create").code == 0
+    other_db = unique_name("elsewhere")
+    app.extra_dbs.append(other_db)
+    admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+        sql.Identifier(other_db), sql.Identifier(app.role)))
+    r = app.cli("drop", "--yes")
+    one_line_error(r, 7)
+    assert "owns objects" in r.err and other_db in r.err
+    # refused before anything was dropped: role and database both still there
+    assert catalog(admin_conn, [app.role])["roles"]
+    assert catalog(admin_conn, [app.db])["databases"]
