@@ -94,6 +94,12 @@ def scrub(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
+def one_line(text: str) -> str:
+    """Errors are one line: a name quoted into a message (a migration file whose name holds a
+    newline, say) must not break it into several, nor forge a line of its own."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _MaskFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = scrub(record.getMessage())
@@ -122,7 +128,7 @@ def run(argv: list[str] | None = None) -> int:
     except DbkitError as exc:
         if _state.debug:
             traceback.print_exc()
-        click.echo(f"dbkit: error: {scrub(exc.message)} (hint: {exc.hint})", err=True)
+        click.echo(one_line(f"dbkit: error: {scrub(exc.message)} (hint: {exc.hint})"), err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("dbkit: interrupted", err=True)
