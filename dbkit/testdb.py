@@ -103,7 +103,8 @@ def _seed_inputs(settings: Settings) -> list[Path]:
     import dbkit.seed as seeding
 
     here = Path(seeding.__file__).parent
-    return [p for p in (here / "seed.py", here / "seed_load.py", here / "data") if p.exists()]
+    names = ("seed.py", "seed_load.py", "seed_read.py", "data")
+    return [p for p in (here / n for n in names) if p.exists()]
 
 
 def template_name(fp: str) -> str:
