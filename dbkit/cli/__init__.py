@@ -94,10 +94,14 @@ def scrub(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
+# Every character str.splitlines() breaks at (log readers do the same), shown escaped.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def one_line(text: str) -> str:
     """Errors are one line: a name quoted into a message (a migration file whose name holds a
-    newline, say) must not break it into several, nor forge a line of its own."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    newline or a form feed, say) must not break it into several, nor forge a line of its own."""
+    return text.translate(_LINE_BREAKS)
 
 
 class _MaskFilter(logging.Filter):
