@@ -178,6 +178,7 @@ class Runner:
                     self._set_local_timeouts()
                     for current in stmts:
                         self._exec(mf, current)
+                        self._still_in(mf, path, current, self.conn, in_transaction=True)
                     current = None
                     ledger.record(self.conn, mf, direction)
                     ms = self.recorder.finish(entry, "ok")
@@ -185,6 +186,7 @@ class Runner:
                 with self._autocommit_conn(mf) as own:
                     for current in stmts:
                         self._exec(mf, current, own)
+                        self._still_in(mf, path, current, own, in_transaction=False)
                     current = None
                 self._check_invalid_indexes(mf, path)
                 with self.conn.transaction():
@@ -198,6 +200,30 @@ class Runner:
             self._failed(entry, err)
             raise
         return Ran(mf.id, direction, mf.transactional, ms)
+
+    def _still_in(self, mf: MigrationFile, path: Path, stmt: Statement,
+                  conn: psycopg.Connection, in_transaction: bool) -> None:
+        """A COMMIT/ROLLBACK in a transactional migration ends the transaction its record
+        belongs to (what ran before is committed or gone, what follows runs unprotected); a
+        BEGIN in a non-transactional one leaves a transaction that closing the connection
+        rolls back. Either way recording it as applied would be a lie: stop here."""
+        from psycopg import pq
+
+        status = conn.info.transaction_status
+        if in_transaction and status != pq.TransactionStatus.INTRANS:
+            raise MigrationError(
+                f"{position(path, stmt, None)}: this statement ended the migration's own "
+                "transaction (COMMIT/ROLLBACK); statements before it may stay committed, and "
+                "the migration is not recorded as applied",
+                hint="remove transaction control from the file (each migration runs in one "
+                "transaction), or mark it '-- transactional: false'")
+        if not in_transaction and status != pq.TransactionStatus.IDLE:
+            raise MigrationError(
+                f"{position(path, stmt, None)}: this statement opened a transaction in a "
+                "'-- transactional: false' migration; it was rolled back and the migration is "
+                "not recorded as applied",
+                hint="remove BEGIN/START TRANSACTION from the file (or drop the "
+                "'-- transactional: false' line to run it in one transaction)")
 
     def _failed(self, entry: tuple[int, float], err: DbkitError) -> None:
         import psycopg
