@@ -313,3 +313,54 @@ def test_seed_files_csv_json_jsonl(app, fault_scale):
     check()
     print(f"seed file fuzz: exit codes {dict(sorted(outcomes.items()))}")
     assert 0 in outcomes and 14 in outcomes  # the generator reaches both sides
+
+
+# -- transaction control inside a migration -------------------------------------------------
+CONTROL = ["COMMIT;\n", "ROLLBACK;\n", "BEGIN;\n", "END;\n", "ABORT;\n", "START TRANSACTION;\n",
+           "SAVEPOINT s;\n", "ROLLBACK TO SAVEPOINT s;\n", "RELEASE SAVEPOINT s;\n",
+           "SELECT 1/0;\n"]
+
+
+def test_a_recorded_migration_is_always_whole(app, admin_conn, fault_scale):
+    """Statements that end or open transactions inside a migration file: whatever happens,
+    a migration recorded as applied has every one of its CREATE TABLEs in place, and one that
+    failed without a COMMIT of its own left nothing behind."""
+    assert app.cli("create").code == 0
+    directory = app.cwd / "tx-migrations"
+    directory.mkdir()
+
+    @fuzz_settings(fault_scale, 20)
+    @given(parts=st.lists(st.one_of(st.sampled_from(CONTROL), st.just("CREATE")), min_size=1,
+                          max_size=6), transactional=st.booleans())
+    @example(parts=["CREATE", "ROLLBACK;\n", "CREATE"], transactional=True)
+    @example(parts=["BEGIN;\n", "CREATE"], transactional=False)
+    def check(parts: list[str], transactional: bool) -> None:
+        names = [f"tx_{i}" for i, p in enumerate(parts) if p == "CREATE"]
+        body = "" if transactional else "-- transactional: false\n"
+        body += "".join(f"CREATE TABLE tx_{i} (x int);\n" if p == "CREATE" else p
+                        for i, p in enumerate(parts))
+        for old in directory.iterdir():
+            old.unlink()
+        (directory / "0001_tx.sql").write_text(body)
+        db = unique_name("tx")
+        admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(db), sql.Identifier(app.role)))
+        url = app.url.with_(dbname=db)
+        try:
+            r = app.cli("migrate", "--migrations", str(directory),
+                        DATABASE_URL=url.render(reveal=True))
+            clean_outcome(r, body)
+            with psycopg.connect(**url.connect_kwargs()) as conn:
+                recorded = conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()[0]
+                present = [n for n in names if conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL", (n,)).fetchone()[0]]
+            assert recorded == (1 if r.code == 0 else 0), (body, r.output)
+            if recorded:
+                assert present == names, (body, "recorded as applied, but missing",
+                                          sorted(set(names) - set(present)))
+            elif transactional and "COMMIT;\n" not in parts and "END;\n" not in parts:
+                assert present == [], (body, "failed, yet left", present)
+        finally:
+            drop_everything(app.pg, [db], [])
+
+    check()
