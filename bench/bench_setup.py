@@ -19,6 +19,10 @@ database dropped, untimed); runs are interleaved; medians.
 
 The server: the fsync-off throwaway cluster (``dbkit.testing.throwaway_cluster``), or
 DBKIT_TEST_ADMIN_URL's. ``python -m bench setup`` or ``python -m bench.bench_setup``.
+
+Then the migrate step alone, the posts schema on an empty database: ``dbkit migrate`` (CLI
+and in-process) vs ``yoyo apply`` of the same files vs ``psql -1 -f`` of them concatenated
+(the floor).
 """
 
 from __future__ import annotations
@@ -184,8 +188,85 @@ def main(runs: int = 7) -> list[dict[str, object]]:
         rows.append({"what": "shell chain steps (ms)",
                      "steps": {s: round(median(t[1:]) * 1000, 1) for s, t in steps.items()},
                      "identical_end_state": same})
+        rows += _migrate_posts(admin, conn, work, bindir, yoyo, base_env, runs)
     save("setup", rows)
     return rows
+
+
+MIGRATE_ROLE = "bench_setup_mig"
+MIGRATE_CASES = {"dbkit migrate": "bench_mig_cli", "dbkit.migrate.migrate()": "bench_mig_lib",
+                 "yoyo apply": "bench_mig_yoyo", "psql -1 -f": "bench_mig_psql"}
+SCHEMA = """SELECT string_agg(format('%s %s', tablename, indexdef), E'\\n' ORDER BY indexdef)
+FROM pg_indexes WHERE schemaname = 'public' AND tablename IN ('users', 'posts', 'votes')"""
+
+
+def _migrate_posts(admin: Any, conn: Any, work: Path, bindir: Path, yoyo: str,
+                   base_env: dict[str, str], runs: int) -> list[dict[str, object]]:
+    """The migrate step alone: the posts schema (6 migrations) on an empty database.
+
+    ``psql -1 -f`` runs the concatenated files in one transaction, the floor (no bookkeeping;
+    the concurrent index is built plainly, as a transaction requires)."""
+    import psycopg
+    from psycopg import sql
+
+    from dbkit import migrate
+    from dbkit.migrate import PACKAGED
+    from dbkit.settings import Settings
+
+    files = sorted(p for p in PACKAGED.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+    flat = "".join(p.read_text() for p in files).replace("CREATE INDEX CONCURRENTLY",
+                                                         "CREATE INDEX")
+    (work / "posts.sql").write_text(flat)
+    role = sql.Identifier(MIGRATE_ROLE)
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(PASSWORD)))
+    urls = {case: admin.with_(user=MIGRATE_ROLE, password=PASSWORD, dbname=db)
+            for case, db in MIGRATE_CASES.items()}
+    env = {**base_env, "PGPASSWORD": PASSWORD}
+
+    def fresh(case: str) -> None:
+        db = sql.Identifier(MIGRATE_CASES[case])
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+
+    def run(args: list[str], extra: dict[str, str] | None = None) -> None:
+        subprocess.run(args, cwd=work, env={**env, **(extra or {})}, check=True,
+                       capture_output=True)
+
+    cases = {
+        "dbkit migrate": lambda: run([sys.executable, "-m", "dbkit", "migrate"], {
+            "DATABASE_URL": urls["dbkit migrate"].render(reveal=True)}),
+        "dbkit.migrate.migrate()": lambda: migrate.migrate(
+            Settings.load(environ={}, cwd=work), url=urls["dbkit.migrate.migrate()"]),
+        "yoyo apply": lambda: run([yoyo, "apply", "--batch", "--database", urls["yoyo apply"]
+                                   .with_(password=None).render(scheme="postgresql+psycopg"),
+                                   str(PACKAGED)]),
+        "psql -1 -f": lambda: run([str(bindir / "psql"), "-X", "-q", "-1", "-v",
+                                   "ON_ERROR_STOP=1", "-h", str(admin.host), "-p", str(admin.port),
+                                   "-U", MIGRATE_ROLE, "-d", MIGRATE_CASES["psql -1 -f"], "-f",
+                                   str(work / "posts.sql")]),
+    }
+    try:
+        times = interleaved(cases, runs=runs, warmup=1, setup=fresh)
+        schemas = set()
+        for url in urls.values():
+            with psycopg.connect(**url.connect_kwargs()) as c:
+                schemas.add(c.execute(SCHEMA).fetchone()[0])
+        if len(schemas) != 1:
+            raise SystemExit(f"the posts schema differs between the cases: {schemas}")
+        rows = table("Migrate the posts schema (6 migrations) on an empty database", [
+            ("dbkit migrate (CLI) vs yoyo apply (CLI)", "dbkit migrate", "yoyo apply"),
+            ("dbkit migrate (CLI) vs psql -1 -f (floor)", "dbkit migrate", "psql -1 -f"),
+            ("dbkit.migrate.migrate() vs psql -1 -f (floor)", "dbkit.migrate.migrate()",
+             "psql -1 -f"),
+        ], times)
+        print("same tables and indexes in every case: True")
+        return rows
+    finally:
+        for db in MIGRATE_CASES.values():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(db)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
 
 
 if __name__ == "__main__":
