@@ -13,6 +13,7 @@ While they run, a thread records the command line of every process on the machin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -72,7 +73,7 @@ def project():
         yield d
     finally:
         LocalServer(d / ".dbkit").destroy()
-        subprocess.run(["rm", "-rf", str(d)], check=False)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_passwords_stay_out_of_log_output_and_argv(project):
