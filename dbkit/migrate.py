@@ -268,6 +268,16 @@ def verify(settings: Settings, *, url: DbURL | None = None, dbname: str | None =
 
 
 # -- changes -----------------------------------------------------------------------------
+def _prologue(settings: Settings, to: str | None, url: DbURL | None, dbname: str | None
+              ) -> tuple[Path, list[MigrationFile], DbURL, Timeouts]:
+    """What migrate and rollback both start from: the files, the target and the timeouts."""
+    directory = migrations_dir(settings)
+    files = discover(directory)
+    if to is not None and to not in {f.id for f in files}:
+        raise ConfigError(f"--to {to}: no migration with that id in {directory}")
+    return directory, files, _target(settings, url, dbname), timeouts(settings)
+
+
 def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
             allow_unsafe: bool = False, url: DbURL | None = None, dbname: str | None = None
             ) -> MigrateResult:
@@ -277,12 +287,7 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
     Pending migrations are linted first (``dbkit.lint``): findings refuse the run with
     LintFindings unless ``allow_unsafe`` or DBKIT_ENV=development, where they are warnings.
     """
-    directory = migrations_dir(settings)
-    files = discover(directory)
-    if to is not None and to not in {f.id for f in files}:
-        raise ConfigError(f"--to {to}: no migration with that id in {directory}")
-    target = _target(settings, url, dbname)
-    limits = timeouts(settings)
+    directory, files, target, limits = _prologue(settings, to, url, dbname)
     result = MigrateResult(database=str(target), directory=str(directory), dry_run=dry_run)
     if dry_run:
         with _reader(target, settings) as conn:
@@ -329,12 +334,7 @@ def rollback(settings: Settings, *, steps: int = 1, to: str | None = None, all: 
         raise ConfigError("give only one of --to and --all")
     if steps < 1:
         raise ConfigError("--steps must be at least 1")
-    directory = migrations_dir(settings)
-    files = discover(directory)
-    if to is not None and to not in {f.id for f in files}:
-        raise ConfigError(f"--to {to}: no migration with that id in {directory}")
-    target = _target(settings, url, dbname)
-    limits = timeouts(settings)
+    directory, files, target, limits = _prologue(settings, to, url, dbname)
     result = RollbackResult(database=str(target), directory=str(directory), dry_run=dry_run)
     if dry_run:
         with _reader(target, settings) as conn:
