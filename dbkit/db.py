@@ -30,7 +30,10 @@ def connect(url: DbURL, settings: Settings, *, dbname: str | None = None,
     try:
         return psycopg.connect(autocommit=autocommit, **kw)
     except psycopg.OperationalError as exc:
-        raise connect_error(exc, shown) from None
+        err = connect_error(exc, shown)
+        if "refused" in err.message.lower() and _local_server_stopped(settings):
+            err.hint = "this project's local server is stopped: run dbkit server start (or setup)"
+        raise err from None
     except psycopg.ProgrammingError as exc:  # e.g. an unknown query parameter in the URL
         raise ConfigError(f"invalid connection option in {shown}: {_first_line(exc)}") from None
 
@@ -105,6 +108,14 @@ def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
                                hint="set DBKIT_ADMIN_URL, or pass --local for dbkit's own "
                                "server") from None
     return local_admin_url(settings)
+
+
+def _local_server_stopped(settings: Settings) -> bool:
+    if not local_server_exists(settings):
+        return False
+    from dbkit.server import LocalServer
+
+    return not LocalServer(settings.data_path, settings.pg_bin).running()
 
 
 def local_server_exists(settings: Settings) -> bool:

@@ -44,6 +44,9 @@ def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
     started = time.perf_counter()
     admin = admin_url(settings)
     url = settings.app_url() if settings.database_url else default_app_url(admin)
+    moved = _follow_local_server(settings, admin, url)
+    if moved:
+        url = moved
     created = provision.create(settings, app_url=url, admin=admin)
     final = url
     if created.printed_url is None and created.env_file and not url.password:
@@ -52,7 +55,10 @@ def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
 
         final = DbURL.parse(read_env_file(settings.env_file)["DATABASE_URL"])
     app_settings = dataclasses.replace(settings, database_url=final.render(reveal=True))
-    steps: list[dict[str, Any]] = [{
+    steps: list[dict[str, Any]] = [] if not moved else [{
+        "step": "server", "changed": True,
+        "detail": f"the local server moved to port {admin.port}; DATABASE_URL updated"}]
+    steps += [{
         "step": "create", "changed": bool(created.statements),
         "detail": ", ".join(f"created {c}" for c in created.created) or
         ("converged privileges" if created.statements else "role and database exist"),
@@ -70,3 +76,23 @@ def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
                        (str(settings.env_file) if settings.env_file.exists() else None),
                        changed=any(s["changed"] for s in steps), steps=steps,
                        seconds=round(time.perf_counter() - started, 3))
+
+
+def _follow_local_server(settings: Settings, admin: DbURL, url: DbURL) -> DbURL | None:
+    """When this project's own server had to move to another port (its old one was taken
+    while it was down), point the DATABASE_URL that dbkit wrote to .env at the new port."""
+    from dbkit.db import local_server_exists
+    from dbkit.server import LocalServer
+    from dbkit.settings import read_env_file, update_env_file
+
+    if not local_server_exists(settings) or url.host not in ("127.0.0.1", "localhost"):
+        return None
+    port = LocalServer(settings.data_path, settings.pg_bin).state().get("port")
+    if port != admin.port or url.port == port:
+        return None
+    written = read_env_file(settings.env_file).get("DATABASE_URL")
+    if written != settings.database_url:  # set elsewhere (environment, flags): not ours to edit
+        return None
+    moved = url.with_(port=port)
+    update_env_file(settings.env_file, "DATABASE_URL", moved.render(reveal=True))
+    return moved

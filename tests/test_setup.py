@@ -65,3 +65,31 @@ def test_setup_no_seed_and_json(project):
     url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
     assert counts(url) == "0,0,0"
     assert url.password not in r.stdout
+
+
+def test_commands_after_server_stop_say_how_to_start_it(project):
+    assert dbkit(project, "setup", "--no-seed").returncode == 0
+    assert dbkit(project, "server", "stop").returncode == 0
+    r = dbkit(project, "status")
+    assert r.returncode == 4, r.stderr
+    assert "dbkit server start" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_setup_follows_the_local_server_to_a_new_port(project):
+    import socket
+
+    assert dbkit(project, "setup").returncode == 0
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+    before = counts(url)
+    assert dbkit(project, "server", "stop").returncode == 0
+    with socket.socket() as squatter:  # someone else took the port while the server was down
+        squatter.bind(("127.0.0.1", url.port))
+        squatter.listen()
+        r = dbkit(project, "setup")
+        assert r.returncode == 0, r.stderr
+        assert "moved to port" in r.stdout
+        new = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+        assert new.port != url.port and new.with_(port=url.port) == url
+        assert counts(new) == before
+        again = dbkit(project, "setup")
+        assert again.returncode == 0 and "nothing changed" in again.stdout
