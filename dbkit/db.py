@@ -111,11 +111,14 @@ def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
 
 
 def _local_server_stopped(settings: Settings) -> bool:
-    if not local_server_exists(settings):
-        return False
+    return local_server_exists(settings) and not local_server_running(settings)
+
+
+def local_server_running(settings: Settings) -> bool:
     from dbkit.server import LocalServer
 
-    return not LocalServer(settings.data_path, settings.pg_bin).running()
+    return local_server_exists(settings) and LocalServer(settings.data_path,
+                                                         settings.pg_bin).running()
 
 
 def local_server_exists(settings: Settings) -> bool:

@@ -107,9 +107,11 @@ def _run_one(check: Callable[[_Ctx], Check], ctx: _Ctx) -> Check:
 
 
 def _admin_connection(settings: Settings) -> tuple[psycopg.Connection | None, str]:
-    from dbkit.db import admin_url, connect
+    from dbkit.db import admin_url, connect, local_server_running
 
-    if not (settings.admin_url or settings.pg_env or settings.local):
+    # a diagnosis never starts a server: the project's own one counts only while it runs
+    if not (settings.admin_url or settings.pg_env or settings.local
+            or local_server_running(settings)):
         return None, "no admin connection configured (DBKIT_ADMIN_URL)"
     try:
         return connect(admin_url(settings, start_local=settings.local), settings,

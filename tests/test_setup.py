@@ -7,7 +7,7 @@ import subprocess
 
 from helpers import run_dbkit as dbkit
 
-from dbkit.server import find_pg_bin
+from dbkit.server import LocalServer, find_pg_bin
 from dbkit.settings import read_env_file
 from dbkit.urls import DbURL
 
@@ -93,3 +93,18 @@ def test_setup_follows_the_local_server_to_a_new_port(project):
         assert counts(new) == before
         again = dbkit(project, "setup")
         assert again.returncode == 0 and "nothing changed" in again.stdout
+
+
+def test_doctor_on_a_set_up_project_uses_its_own_server_as_admin(project):
+    import json
+
+    assert dbkit(project, "setup", "--no-seed").returncode == 0
+    r = dbkit(project, "doctor", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["admin-role"]["status"] == "pass"
+    assert checks["public-connect"]["status"] == "pass"
+    assert dbkit(project, "server", "stop").returncode == 0
+    r = dbkit(project, "doctor", "--json")  # a diagnosis does not start the server again
+    assert r.returncode == 17
+    assert not LocalServer(project / ".dbkit").running()
