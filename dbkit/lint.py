@@ -22,9 +22,6 @@ from typing import Any
 from dbkit.errors import ConfigError
 
 _IGNORE = re.compile(r"--\s*dbkit:\s*ignore\s+([A-Za-z0-9_,\s-]+)")
-# yoyo's own header syntax (yoyo.migrations.parse_metadata_from_sql_comments)
-_DIRECTIVE = re.compile(r"^\s*--\s*transactional\s*:\s*(.*)$")
-_COMMENT_OR_EMPTY = re.compile(r"^(\s*|\s*--.*)$")
 
 
 @dataclass(frozen=True)
@@ -50,14 +47,11 @@ def rules() -> list[dict[str, str]]:
 
 
 def is_transactional(text: str) -> bool:
-    """yoyo runs a migration in one transaction unless its header says ``transactional: false``."""
-    for line in text.splitlines():
-        m = _DIRECTIVE.match(line)
-        if m:
-            return m.group(1).strip().lower() != "false"
-        if not _COMMENT_OR_EMPTY.match(line):
-            break
-    return True
+    """yoyo runs a migration in one transaction unless its header says ``transactional: false``
+    (read by the same parser the runner uses, so lint and migrate never disagree)."""
+    from dbkit.migration_files import header
+
+    return header(text).get("transactional", "true").strip().lower() != "false"
 
 
 def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,

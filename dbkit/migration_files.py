@@ -50,7 +50,7 @@ def checksum(data: bytes) -> str:
     return hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest()
 
 
-def _header(text: str) -> dict[str, str]:
+def header(text: str) -> dict[str, str]:
     """yoyo's directives: ``-- transactional: false`` / ``-- depends: a b`` in the leading
     comment block (yoyo.migrations.parse_metadata_from_sql_comments)."""
     directives: dict[str, str] = {}
@@ -93,7 +93,7 @@ def discover(directory: Path) -> list[MigrationFile]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read migration {path}: {exc.__class__.__name__}",
                               hint="migration files must be readable UTF-8") from None
-        directives = _header(text)
+        directives = header(text)
         transactional = directives.get("transactional", "true").strip().lower()
         if transactional not in ("true", "false"):
             raise ConfigError(f"{path}: '-- transactional:' must be true or false")
