@@ -126,6 +126,14 @@ def app(pg: DbURL, tmp_path: Path) -> Iterator[App]:
     drop_everything(pg, [a.db, *a.extra_dbs], [*a.extra_roles, a.role])
 
 
+@pytest.fixture
+def created(app: App) -> App:
+    """``app`` with its role and database already made by ``dbkit create``."""
+    r = app.cli("create")
+    assert r.code == 0, r.output
+    return app
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long-faults", action="store_true",
                      help="run the fault-injection suite's long version (more rounds/examples)")

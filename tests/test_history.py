@@ -6,20 +6,11 @@ import getpass
 import json
 import socket
 
-import pytest
-
 from dbkit import __version__
 
 POSTS_IDS = ["0001_create_posts", "0002_create_users", "0003_add_post_owner",
              "0004_create_votes", "0005_index_posts_owner",
              "0006_require_post_owner"]
-
-
-@pytest.fixture
-def created(app):
-    r = app.cli("create")
-    assert r.code == 0, r.output
-    return app
 
 
 def test_history_has_one_row_per_applied_and_rolled_back_migration(created):

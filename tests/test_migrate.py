@@ -60,13 +60,6 @@ def yoyo(app, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def created(app):
-    r = app.cli("create")
-    assert r.code == 0, r.output
-    return app
-
-
-@pytest.fixture
 def posts_copy(created) -> Path:
     """A private copy of the posts migrations (tests edit it)."""
     d = created.cwd / "posts_migrations"

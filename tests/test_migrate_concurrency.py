@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
-import pytest
 from helpers import clean_env
 
 from dbkit.migrate import PACKAGED
@@ -35,13 +34,6 @@ SLOW = {
 def counts(app, query: str) -> dict[str, int]:
     with app.connect() as conn:
         return dict(conn.execute(query).fetchall())
-
-
-@pytest.fixture
-def created(app):
-    r = app.cli("create")
-    assert r.code == 0, r.output
-    return app
 
 
 # -- acceptance 3 --------------------------------------------------------------------------
