@@ -83,6 +83,9 @@ def test_setup_follows_the_local_server_to_a_new_port(project):
     before = counts(url)
     assert dbkit(project, "server", "stop").returncode == 0
     with socket.socket() as squatter:  # someone else took the port while the server was down
+        # The server closed its connections first, so its port may sit in TIME_WAIT; a listener
+        # with SO_REUSEADDR still takes it (as PostgreSQL would), and then really holds it.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", url.port))
         squatter.listen()
         r = dbkit(project, "setup")
