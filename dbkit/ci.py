@@ -1,5 +1,5 @@
 """CI helpers: ``dbkit wait`` (until the server accepts connections) and ``dbkit reset``
-(drop, then setup), guarded against production."""
+(a fresh database swapped in for the old one), guarded against production."""
 
 from __future__ import annotations
 
@@ -72,12 +72,8 @@ def guard_reset(settings: Settings, env: str | None = None) -> None:
 
 
 def reset(settings: Settings, *, seed: bool = True, env: str | None = None) -> Any:
-    """Drop the application's database and role, then setup (create → migrate → seed)."""
-    from dbkit import prepare, provision
+    """Replace the application's database with a freshly set-up one (see dbkit.reset)."""
+    from dbkit import reset as resetting
 
     guard_reset(settings, env)
-    if not settings.database_url:  # setup's default application ('posts' on the admin server)
-        url = prepare.default_app_url(admin_url(settings))
-        settings = dataclasses.replace(settings, database_url=url.render(reveal=True))
-    provision.drop(settings, force=True)
-    return prepare.setup(settings, seed=seed)
+    return resetting.reset(settings, seed=seed)

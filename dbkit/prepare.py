@@ -38,10 +38,32 @@ def default_app_url(admin: DbURL) -> DbURL:
 
 
 def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
-    from dbkit import migrate, provision
-    from dbkit import seed as seeding
-
     started = time.perf_counter()
+    app = ensure(settings)
+    steps = app.steps + fill(app.settings(settings), seed=seed)
+    return SetupResult(url=str(app.url), env_file=app.env_file,
+                       changed=any(s["changed"] for s in steps), steps=steps,
+                       seconds=round(time.perf_counter() - started, 3))
+
+
+@dataclass
+class Ensured:
+    admin: DbURL
+    url: DbURL  # with the password, when there is one
+    env_file: str | None
+    steps: list[dict[str, Any]]
+    created: list[str]  # "role R", "database D": what this run made
+
+    def settings(self, settings: Settings, dbname: str | None = None) -> Settings:
+        url = self.url.with_(dbname=dbname) if dbname else self.url
+        return dataclasses.replace(settings, database_url=url.render(reveal=True))
+
+
+def ensure(settings: Settings) -> Ensured:
+    """The role(s) and database exist with their privileges (``dbkit create``), on the local
+    server's current port; the password generated for a new role is read back from .env."""
+    from dbkit import provision
+
     admin = admin_url(settings)
     url = settings.app_url() if settings.database_url else default_app_url(admin)
     moved = _follow_local_server(settings, admin, url)
@@ -54,28 +76,34 @@ def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
         from dbkit.settings import read_env_file
 
         final = DbURL.parse(read_env_file(settings.env_file)["DATABASE_URL"])
-    app_settings = dataclasses.replace(settings, database_url=final.render(reveal=True))
     steps: list[dict[str, Any]] = [] if not moved else [{
         "step": "server", "changed": True,
         "detail": f"the local server moved to port {admin.port}; DATABASE_URL updated"}]
-    steps += [{
+    steps.append({
         "step": "create", "changed": bool(created.statements),
         "detail": ", ".join(f"created {c}" for c in created.created) or
         ("converged privileges" if created.statements else "role and database exist"),
-    }]
+    })
+    return Ensured(admin=admin, url=final, steps=steps, created=created.created, env_file=created.env_file or
+                   (str(settings.env_file) if settings.env_file.exists() else None))
+
+
+def fill(app_settings: Settings, *, seed: bool = True) -> list[dict[str, Any]]:
+    """migrate → seed sample data, as the role in ``app_settings.database_url``."""
+    from dbkit import migrate
+    from dbkit import seed as seeding
+
     applied = migrate.migrate(app_settings)
-    steps.append({"step": "migrate", "changed": bool(applied.applied),
-                  "detail": f"applied {len(applied.applied)} migration(s)" if applied.applied
-                  else "schema up to date"})
+    steps: list[dict[str, Any]] = [{
+        "step": "migrate", "changed": bool(applied.applied),
+        "detail": f"applied {len(applied.applied)} migration(s)" if applied.applied
+        else "schema up to date"}]
     if seed:
         seeded = seeding.seed_sample(app_settings)
         rows = sum(seeded.inserted.values())
         steps.append({"step": "seed", "changed": rows > 0,
                       "detail": f"inserted {rows} sample row(s)" if rows else "sample data present"})
-    return SetupResult(url=str(final), env_file=created.env_file or
-                       (str(settings.env_file) if settings.env_file.exists() else None),
-                       changed=any(s["changed"] for s in steps), steps=steps,
-                       seconds=round(time.perf_counter() - started, 3))
+    return steps
 
 
 def _follow_local_server(settings: Settings, admin: DbURL, url: DbURL) -> DbURL | None:

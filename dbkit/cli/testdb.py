@@ -32,15 +32,18 @@ def wait(timeout: float, as_json: bool) -> None:
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def reset(yes: bool, env: str | None, no_seed: bool, local: bool, as_json: bool) -> None:
-    """Drop the database and role, then setup again (create, migrate, seed).
+    """Replace the database with a freshly set-up one (create, migrate, seed).
 
-    Refused when DBKIT_ENV=production or --env production (either one is enough)."""
+    All or nothing: the new database is built beside the old one and swapped in by renaming,
+    then the old one is dropped (its sessions are ended). If any step fails, the old database
+    is left as it was. The role and its password are kept. Refused when DBKIT_ENV=production
+    or --env production (either one is enough)."""
     from dbkit import ci
 
     s = settings(local=local)
     ci.guard_reset(s, env)
     name = s.app_url().dbname if s.database_url else "posts"
-    confirm(f"Drop database {name!r} with all its data and set it up again?", yes)
+    confirm(f"Replace database {name!r} and all its data with a fresh one?", yes)
     result = ci.reset(s, seed=not no_seed, env=env)
     lines = [f"reset {result.url}"] + [f"  {st['step']:<8} {st['detail']}" for st in result.steps]
     emit(result.as_dict(), as_json, "\n".join(lines))

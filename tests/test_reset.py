@@ -1,0 +1,134 @@
+"""dbkit reset is all or nothing: the fresh database is built beside the old one and swapped in
+(issue 6's reset, under non-negotiable 3: a failure leaves the database as it was)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dbkit.reset import side_name
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "dbkit" / "migrations"
+
+
+@pytest.fixture
+def app_with_row(created):  # noqa: ANN001
+    with created.connect() as conn:
+        conn.execute("CREATE TABLE keep (v text)")
+        conn.execute("INSERT INTO keep VALUES ('precious')")
+    return created
+
+
+def state(app) -> tuple[int, list[tuple[str]]]:  # noqa: ANN001
+    with app.connect() as conn:
+        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
+        kept = conn.execute("SELECT v FROM keep").fetchall() \
+            if conn.execute("SELECT to_regclass('keep')").fetchone()[0] else []
+        return oid.fetchone()[0], kept
+
+
+def side_dbs(admin_conn: psycopg.Connection, db: str) -> list[str]:
+    return [r[0] for r in admin_conn.execute(
+        "SELECT datname FROM pg_database WHERE datname IN (%s, %s)",
+        (side_name(db, "reset"), side_name(db, "retired")))]
+
+
+def broken_migrations(tmp_path: Path) -> Path:
+    d = tmp_path / "broken"
+    shutil.copytree(MIGRATIONS, d)
+    (d / "0099_broken.sql").write_text("CREATE TABLE later (id int);\nSELECT no_such_column;\n")
+    return d
+
+
+def test_a_failing_migration_leaves_the_old_database_as_it_was(app_with_row, admin_conn, tmp_path):
+    app = app_with_row
+    before = state(app)
+    r = app.cli("reset", "--yes", DBKIT_MIGRATIONS=str(broken_migrations(tmp_path)))
+    assert r.code != 0 and "0099_broken" in r.err, r.output
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    assert state(app) == before  # same database (oid), same data
+    assert side_dbs(admin_conn, app.db) == []  # the half-built copy is gone
+    # and the old database still takes connections
+    with app.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_reset_replaces_the_database_and_ends_its_sessions(app_with_row, admin_conn):
+    app = app_with_row
+    old_oid, _ = state(app)
+    lingering = app.connect(autocommit=True)  # an app still connected to the old database
+    try:
+        r = app.cli("reset", "--yes", "--json", DBKIT_MIGRATIONS=str(MIGRATIONS))
+        assert r.code == 0, r.output
+        steps = [s["step"] for s in json.loads(r.out)["steps"]]
+        assert steps == ["create", "migrate", "seed", "swap"]
+        with pytest.raises(psycopg.OperationalError):
+            lingering.execute("SELECT 1")
+    finally:
+        lingering.close()
+    new_oid, kept = state(app)
+    assert new_oid != old_oid and kept == []
+    with app.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] > 0
+        owner, allow = conn.execute(
+            "SELECT pg_get_userbyid(datdba), datallowconn FROM pg_database"
+            " WHERE datname = current_database()").fetchone()
+        assert (owner, allow) == (app.role, True)
+        # least privilege survives the swap: PUBLIC still cannot connect
+        assert not conn.execute("SELECT has_database_privilege('public', current_database(),"
+                                " 'CONNECT')").fetchone()[0]
+    assert side_dbs(admin_conn, app.db) == []
+    # twice: the same end state, exit 0
+    again = app.cli("reset", "--yes", DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert again.code == 0, again.output
+    assert state(app)[1] == [] and side_dbs(admin_conn, app.db) == []
+
+
+def test_leftovers_of_a_killed_reset_are_collected(app_with_row, admin_conn):
+    app = app_with_row
+    for name in (side_name(app.db, "reset"), side_name(app.db, "retired")):
+        admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(name), sql.Identifier(app.role)))
+    r = app.cli("reset", "--yes", DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert r.code == 0, r.output
+    assert side_dbs(admin_conn, app.db) == []
+    assert state(app)[1] == []
+
+
+def test_concurrent_resets_both_succeed_one_after_the_other(app_with_row, admin_conn):
+    app = app_with_row
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(app.subprocess("reset", "--yes", "--no-seed").code)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [0, 0]
+    assert state(app)[1] == [] and side_dbs(admin_conn, app.db) == []
+
+
+def test_reset_of_a_missing_database_is_a_setup(app, admin_conn):
+    r = app.cli("reset", "--yes", "--no-seed", "--json")
+    assert r.code == 0, r.output
+    assert [s["step"] for s in json.loads(r.out)["steps"]] == ["create", "migrate"]
+    with app.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+    assert side_dbs(admin_conn, app.db) == []
+
+
+@pytest.mark.parametrize("db", ["d" * 63, "é" * 31, "short"])
+def test_side_names_fit_in_63_bytes_and_differ(db):
+    names = {side_name(db, "reset"), side_name(db, "retired"), db}
+    assert len(names) == 3
+    assert all(len(n.encode()) <= 63 for n in names)
+    assert side_name(db, "reset") != side_name(db[:-1] + "x", "reset")
