@@ -6,15 +6,19 @@ Idempotent: on an up-to-date database every step reports that it had nothing to 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dbkit.db import admin_url
+from dbkit.errors import DbkitError
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
     from dbkit.settings import Settings
+
+log = logging.getLogger("dbkit")
 
 DEFAULT_NAME = "posts"  # role and database when DATABASE_URL is unset
 
@@ -39,8 +43,21 @@ def default_app_url(admin: DbURL) -> DbURL:
 
 def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
     started = time.perf_counter()
-    app = ensure(settings)
-    steps = app.steps + fill(app.settings(settings), seed=seed)
+    return complete(settings, ensure(settings), seed=seed, started=started)
+
+
+def complete(settings: Settings, app: Ensured, *, seed: bool, started: float) -> SetupResult:
+    """After ``ensure``: migrate and seed, as one result."""
+    try:
+        steps = app.steps + fill(app.settings(settings), seed=seed)
+    except BaseException as exc:
+        # A setup that made the database leaves none behind when migrating or seeding fails:
+        # the server is as it was before the command (what existed before is never dropped).
+        if not app.created or not _undo_created(settings, app) or not isinstance(exc, DbkitError):
+            raise
+        said = exc.message.replace("; earlier migrations stay applied", "")
+        raise type(exc)(f"{said}; setup removed the {' and '.join(app.created)} it had created",
+                        hint="fix the cause and run dbkit setup again") from None
     return SetupResult(url=str(app.url), env_file=app.env_file,
                        changed=any(s["changed"] for s in steps), steps=steps,
                        seconds=round(time.perf_counter() - started, 3))
@@ -86,6 +103,26 @@ def ensure(settings: Settings) -> Ensured:
     })
     return Ensured(admin=admin, url=final, steps=steps, created=created.created, env_file=created.env_file or
                    (str(settings.env_file) if settings.env_file.exists() else None))
+
+
+def _undo_created(settings: Settings, app: Ensured) -> bool:
+    import psycopg
+    from psycopg import sql
+
+    from dbkit.db import connect
+
+    try:
+        with connect(app.admin, settings, autocommit=True) as conn:
+            for what in reversed(app.created):  # the database first, then its role(s)
+                kind, name = what.split(" ", 1)
+                stmt = ("DROP DATABASE IF EXISTS {} WITH (FORCE)" if kind == "database"
+                        else "DROP ROLE IF EXISTS {}")
+                log.info("setup failed: undoing the creation of %s", what)
+                conn.execute(sql.SQL(stmt).format(sql.Identifier(name)))
+        return True
+    except (psycopg.Error, DbkitError) as exc:  # report the first failure, not this one
+        log.warning("could not undo what setup created (%s): %s", ", ".join(app.created), exc)
+        return False
 
 
 def fill(app_settings: Settings, *, seed: bool = True) -> list[dict[str, Any]]:

@@ -42,9 +42,7 @@ def reset(settings: Settings, *, seed: bool = True) -> SetupResult:
     app = prepare.ensure(settings)  # roles converged; the password known; the old db kept
     db = provision.check_name(app.url.dbname, "database")
     if f"database {db}" in app.created:  # nothing to replace: a plain setup
-        steps = app.steps + prepare.fill(app.settings(settings), seed=seed)
-        return prepare.SetupResult(url=str(app.url), env_file=app.env_file, changed=True,
-                                   steps=steps, seconds=round(time.perf_counter() - started, 3))
+        return prepare.complete(settings, app, seed=seed, started=started)
     scratch, retired = side_name(db, "reset"), side_name(db, "retired")
     with connect(app.admin, settings, autocommit=True) as conn:
         # One reset of a database at a time: a second one waits, then makes its own fresh copy.

@@ -14,7 +14,10 @@ from dbkit.cli import cli, emit, settings
               help="Migrations directory (DBKIT_MIGRATIONS).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def setup(no_seed: bool, local: bool, migrations: str | None, as_json: bool) -> None:
-    """Create (if needed), migrate and seed: one command to a working database."""
+    """Create (if needed), migrate and seed: one command to a working database.
+
+    Idempotent. If migrating or seeding fails, the role and database this run created are
+    removed again; existing ones are never dropped."""
     from dbkit.prepare import setup as run_setup
 
     result = run_setup(settings(local=local, migrations=migrations), seed=not no_seed)

@@ -1,5 +1,6 @@
-"""dbkit reset is all or nothing: the fresh database is built beside the old one and swapped in
-(issue 6's reset, under non-negotiable 3: a failure leaves the database as it was)."""
+"""setup and reset are all or nothing (non-negotiable 3: a failure leaves the database as it
+was): reset builds the fresh database beside the old one and swaps it in; a setup that created
+the database removes it again when migrating or seeding fails."""
 
 from __future__ import annotations
 
@@ -132,3 +133,32 @@ def test_side_names_fit_in_63_bytes_and_differ(db):
     assert len(names) == 3
     assert all(len(n.encode()) <= 63 for n in names)
     assert side_name(db, "reset") != side_name(db[:-1] + "x", "reset")
+
+
+def exists(admin_conn: psycopg.Connection, app) -> tuple[bool, bool]:  # noqa: ANN001
+    return (admin_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                               (app.db,)).fetchone() is not None,
+            admin_conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                               (app.role,)).fetchone() is not None)
+
+
+def test_a_failed_first_setup_leaves_no_database_or_role(app, admin_conn, tmp_path):
+    r = app.cli("setup", DBKIT_MIGRATIONS=str(broken_migrations(tmp_path)))
+    assert r.code != 0 and "0099_broken" in r.err, r.output
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    assert f"setup removed the role {app.role} and database {app.db} it had created" in r.err
+    assert "earlier migrations stay applied" not in r.err and "dbkit setup again" in r.err
+    assert exists(admin_conn, app) == (False, False)
+    # fixed, it goes through
+    r = app.cli("setup", DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert r.code == 0, r.output
+    assert exists(admin_conn, app) == (True, True)
+
+
+def test_a_failed_setup_never_drops_what_existed(app_with_row, admin_conn, tmp_path):
+    app = app_with_row
+    before = state(app)
+    r = app.cli("setup", DBKIT_MIGRATIONS=str(broken_migrations(tmp_path)))
+    assert r.code != 0 and "0099_broken" in r.err, r.output
+    assert exists(admin_conn, app) == (True, True)
+    assert state(app) == before
