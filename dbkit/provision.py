@@ -181,8 +181,8 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
 
     row = conn.execute(
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding),"
-        " datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0)"
-        " FROM pg_database WHERE datname = %s", (db,)).fetchone()
+        " datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0),"
+        " datallowconn FROM pg_database WHERE datname = %s", (db,)).fetchone()
     if row is None:
         enc = conn.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database"
                            " WHERE datname = 'template1'").fetchone()[0]
@@ -192,7 +192,7 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
             transactional=False, undo=sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(D))
         public_open = True
     else:
-        owner, encoding, public_open = row
+        owner, encoding, public_open, allow_connections = row
         if owner != role:
             raise Conflict(f"database {db!r} exists and is owned by {owner!r}, not {role!r}",
                            hint="dbkit will not take it over: drop it, or name another database")
@@ -200,9 +200,11 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
             raise Conflict(f"database {db!r} exists with encoding {encoding}, not UTF8",
                            hint="drop it (dbkit drop) and run dbkit create again")
         plan.existed.append(f"database {db}")
+        if not allow_connections:  # e.g. left so by a reset killed while it was swapping
+            add(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(D))
     if public_open:
         add(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(D))
-    if row is None:
+    if row is None or not row[3]:  # new, or not open to look inside: plan every (idempotent) step
         plan_inside(plan, None, add)
     else:
         with open_target(db) as target:

@@ -36,6 +36,8 @@ def side_name(db: str, tag: str) -> str:
 
 def reset(settings: Settings, *, seed: bool = True) -> SetupResult:
     """Replace the application's database with a freshly set-up one (create → migrate → seed)."""
+    import psycopg
+
     from dbkit import prepare, provision
 
     started = time.perf_counter()
@@ -46,8 +48,14 @@ def reset(settings: Settings, *, seed: bool = True) -> SetupResult:
     scratch, retired = side_name(db, "reset"), side_name(db, "retired")
     with connect(app.admin, settings, autocommit=True) as conn:
         # One reset of a database at a time: a second one waits, then makes its own fresh copy.
-        conn.execute("SELECT pg_advisory_lock(%s::int4, hashtext(%s))",
-                     (LOCK_CLASS, f"{RESET_LOCK}:{db}"))
+        conn.execute("SET lock_timeout = '120s'")
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s::int4, hashtext(%s))",
+                         (LOCK_CLASS, f"{RESET_LOCK}:{db}"))
+        except psycopg.errors.LockNotAvailable:
+            raise Conflict(f"another dbkit reset of {db!r} has been running for 2 minutes",
+                           hint="wait for it to finish, or stop it, then reset again") from None
+        conn.execute("RESET lock_timeout")
         for leftover in (scratch, retired):  # from a reset that was killed
             _drop(conn, leftover)
         steps = [{"step": "create", "changed": True, "detail": f"built as {scratch}"}]
@@ -72,20 +80,22 @@ def _drop(conn: psycopg.Connection, db: str) -> None:
 
 
 def _swap(conn: psycopg.Connection, db: str, scratch: str, retired: str) -> None:
-    """Rename ``db`` away and ``scratch`` into its place in one transaction. RENAME needs the
-    database free of sessions: new ones are kept out first, then the old ones ended."""
+    """Rename ``db`` away and ``scratch`` into its place in one transaction, so a crash leaves
+    one or the other under the name, never neither. RENAME needs the database free of
+    sessions: they are ended in the same transaction (RENAME waits up to 5 s for them to go)."""
     import psycopg
     from psycopg import sql
 
     D = sql.Identifier(db)
-    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(D))
     deadline = time.monotonic() + SWAP_WAIT
+    locked_out = False
     try:
         while True:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                         " WHERE datname IN (%s, %s) AND pid <> pg_backend_pid()", (db, scratch))
             try:
                 with conn.transaction():
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                 " WHERE datname IN (%s, %s) AND pid <> pg_backend_pid()",
+                                 (db, scratch))
                     conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                         D, sql.Identifier(retired)))
                     conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
@@ -96,12 +106,18 @@ def _swap(conn: psycopg.Connection, db: str, scratch: str, retired: str) -> None
                     raise Conflict(f"database {db!r} still has open connections after "
                                    f"{SWAP_WAIT:g}s; it was left as it was",
                                    hint="close the sessions using it, then reset again") from None
-                time.sleep(0.05)  # a terminated backend takes a moment to leave
+                if not locked_out:
+                    # Sessions keep coming back: keep new ones out. Undone below on failure;
+                    # if dbkit dies right here, dbkit create/setup/reset turn it back on.
+                    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false")
+                                 .format(D))
+                    locked_out = True
     except BaseException as exc:
-        try:  # the old database stays: let its users back in
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(D))
-        except psycopg.Error:
-            pass
+        if locked_out:
+            try:  # the old database stays: let its users back in
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(D))
+            except psycopg.Error:
+                pass
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             raise PermissionDenied(f"cannot replace database {db!r}: {exc.diag.message_primary}",
                                    hint="the admin must be able to end the sessions using it "

@@ -162,3 +162,19 @@ def test_a_failed_setup_never_drops_what_existed(app_with_row, admin_conn, tmp_p
     assert r.code != 0 and "0099_broken" in r.err, r.output
     assert exists(admin_conn, app) == (True, True)
     assert state(app) == before
+
+
+def test_a_database_left_closed_by_a_killed_reset_is_reopened(app_with_row, admin_conn):
+    """A reset killed while keeping sessions out of the old database leaves it closed to
+    connections; create, setup and reset turn that back on."""
+    app = app_with_row
+    for command in (("create",), ("setup", "--no-seed"), ("reset", "--yes", "--no-seed")):
+        admin_conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+            sql.Identifier(app.db)))
+        with pytest.raises(psycopg.OperationalError, match="not currently accepting"):
+            app.connect().close()
+        r = app.cli(*command, DBKIT_MIGRATIONS=str(MIGRATIONS))
+        assert r.code == 0, (command, r.output)
+        with app.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert side_dbs(admin_conn, app.db) == []

@@ -276,3 +276,43 @@ def test_sigkill_during_seed_leaves_all_or_nothing(app, admin_conn, fault_scale)
             conn.commit()
     print(f"seed crashes: {rounds} rounds (full run {full:.2f}s); {dict(outcomes)}; slowest "
           f"server-side cleanup after the kill {slowest_cleanup:.2f}s; partial loads: 0")
+
+
+# -- reset ----------------------------------------------------------------------------------
+def test_sigkill_during_reset_leaves_the_old_database_or_the_new_one(app, admin_conn, fault_scale):
+    """The name always holds a whole database: the old one untouched, or the new one migrated
+    and seeded; never none, never a half-built one. The next reset collects any leftovers."""
+    from dbkit.reset import side_name
+
+    assert app.cli("setup").code == 0
+    rounds = 2 * fault_scale
+    rng = random.Random(2024)
+    args = ["reset", "--yes"]
+    full = _timed_run(args, app.cwd, _env(app, app.url))
+    outcomes: Counter[str] = Counter()
+    for rnd in range(rounds):
+        with app.connect() as conn:
+            conn.execute("CREATE TABLE keep (v text)")
+            conn.execute("INSERT INTO keep VALUES ('old')")
+            old_oid = conn.execute("SELECT oid FROM pg_database"
+                                   " WHERE datname = current_database()").fetchone()[0]
+        delay = rng.uniform(0, full * 1.05)
+        _kill_after(args, app.cwd, _env(app, app.url), delay)
+        with app.connect() as conn:
+            oid = conn.execute("SELECT oid FROM pg_database"
+                               " WHERE datname = current_database()").fetchone()[0]
+            if oid == old_oid:
+                assert conn.execute("SELECT v FROM keep").fetchall() == [("old",)], (rnd, delay)
+                outcomes["old kept"] += 1
+            else:
+                assert not _exists(conn, "keep"), (rnd, delay)
+                assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] > 0
+                outcomes["new in place"] += 1
+        assert app.cli("status", "--check").code == 0, (rnd, delay)  # fully migrated either way
+        r = app.cli(*args)
+        assert r.code == 0, (rnd, delay, r.output)
+        assert admin_conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname IN (%s, %s)",
+            (side_name(app.db, "reset"), side_name(app.db, "retired"))).fetchone()[0] == 0
+    print(f"reset crashes: {rounds} rounds (full run {full:.2f}s); {dict(outcomes)}; "
+          "name without a whole database: 0")
