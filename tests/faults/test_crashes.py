@@ -1,11 +1,12 @@
-"""Crashes: SIGKILL at a random moment during ``dbkit migrate`` and during ``dbkit seed``.
+"""Crashes: SIGKILL at a random moment during ``dbkit migrate``, ``dbkit seed`` and ``dbkit reset``.
 
 Moments come from a seeded ``random.Random`` (reproducible), uniform over the time an
 uninterrupted run of the same command takes on this machine (measured first), so kills land
 before connecting, inside migrations/COPY, during the constraint rebuild, and after the commit.
 After each kill the database must be at a consistent version — every recorded migration fully
 applied, no transactional migration half-applied, seed data all or nothing with every
-constraint back — and the next run must complete. 2 rounds each by default, 20 with
+constraint back, the old database or the whole new one after a reset — and the next run must
+complete. 2 rounds each by default, 20 with
 ``--long-faults``.
 """
 
