@@ -324,7 +324,7 @@ def test_wait_closed_port_fails_after_about_the_timeout(app):
     r = app.cli("wait", "--timeout", "2", DBKIT_ADMIN_URL=closed.render(reveal=True))
     elapsed = time.monotonic() - started
     assert r.code == 4, r.output
-    assert 1.8 <= elapsed < 15, elapsed  # waited for the timeout, then gave up (no hang)
+    assert 1.8 <= elapsed < 5, elapsed  # about the timeout (slack for a loaded shared machine)
     assert r.err.count("\n") == 1 and "Traceback" not in r.err
     assert f"127.0.0.1:{closed.port}" in r.err and "did not accept connections within 2s" in r.err
     assert "s3cr3t-xyz" not in r.output
@@ -334,7 +334,7 @@ def test_wait_returns_at_once_when_the_server_is_up(app):
     started = time.monotonic()
     r = app.cli("wait", "--timeout", "10", "--json")
     assert r.code == 0, r.output
-    assert time.monotonic() - started < 8  # well before the 10 s timeout
+    assert time.monotonic() - started < 5  # well before the 10 s timeout
     assert json.loads(r.out)["url"] == str(app.pg)
     # no login is needed to see the server is up (like pg_isready): a wrong password is fine
     wrong = app.pg.with_(password="definitely-wrong")
