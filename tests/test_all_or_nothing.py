@@ -178,3 +178,22 @@ def test_a_database_left_closed_by_a_killed_reset_is_reopened(app_with_row, admi
         with app.connect() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     assert side_dbs(admin_conn, app.db) == []
+
+
+def test_reset_in_two_role_mode_keeps_the_app_role_working(app, admin_conn):
+    from dbkit.settings import read_env_file
+    from dbkit.urls import DbURL
+
+    app_role = app.role + "_app"
+    app.extra_roles.append(app_role)
+    assert app.cli("setup", "--no-seed", DBKIT_APP_ROLE=app_role).code == 0
+    app_url = DbURL.parse(read_env_file(app.cwd / ".env")["DBKIT_APP_URL"])
+    r = app.cli("reset", "--yes", DBKIT_APP_ROLE=app_role, DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert r.code == 0, r.output
+    assert read_env_file(app.cwd / ".env")["DBKIT_APP_URL"] == app_url.render(reveal=True)
+    with psycopg.connect(autocommit=True, **app_url.connect_kwargs()) as c:
+        assert c.execute("SELECT count(*) FROM posts").fetchone()[0] > 0  # seeded, readable
+        c.execute("INSERT INTO users (email, password_hash) VALUES ('two@example.com', 'x')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("CREATE TABLE nope (x int)")
+    assert side_dbs(admin_conn, app.db) == []
