@@ -77,6 +77,12 @@ def wait_for(url: DbURL, settings: Settings, timeout: float, dbname: str | None 
             time.sleep(0.2)
 
 
+def away_from(admin: DbURL, db: str) -> DbURL:
+    """The admin URL, moved to the maintenance database when it names ``db`` itself: a
+    database cannot be dropped or renamed from a session inside it."""
+    return admin.with_(dbname="postgres") if admin.dbname == db else admin
+
+
 def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
     """The admin server, in the documented order: --local, DBKIT_ADMIN_URL, PG* variables,
     this project's local server if it has one, whatever answers at libpq's defaults, then a

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import admin_url, connect
+from dbkit.db import admin_url, away_from, connect
 from dbkit.errors import Conflict, DbkitError, InvalidName, PermissionDenied, Refused
 from dbkit.grants import plan_inside, role_info
 from dbkit.urls import DbURL
@@ -309,7 +309,7 @@ def drop(settings: Settings, *, force: bool = False, dry_run: bool = False) -> R
     url = settings.app_url()
     db, role = check_name(url.dbname, "database"), check_name(url.user, "role")
     roles = [r for r in (settings.app_role, role) if r]
-    admin = admin_url(settings)
+    admin = away_from(admin_url(settings), db)
     steps: list[str] = []
     existed: list[str] = []
     with connect(admin, settings, autocommit=True) as conn:

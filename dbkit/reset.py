@@ -13,7 +13,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING
 
-from dbkit.db import connect
+from dbkit.db import away_from, connect
 from dbkit.errors import Conflict, PermissionDenied
 from dbkit.migration_lock import LOCK_CLASS
 
@@ -46,7 +46,7 @@ def reset(settings: Settings, *, seed: bool = True) -> SetupResult:
     if f"database {db}" in app.created:  # nothing to replace: a plain setup
         return prepare.complete(settings, app, seed=seed, started=started)
     scratch, retired = side_name(db, "reset"), side_name(db, "retired")
-    with connect(app.admin, settings, autocommit=True) as conn:
+    with connect(away_from(app.admin, db), settings, autocommit=True) as conn:
         # One reset of a database at a time: a second one waits, then makes its own fresh copy.
         conn.execute("SET lock_timeout = '120s'")
         try:

@@ -197,3 +197,17 @@ def test_reset_in_two_role_mode_keeps_the_app_role_working(app, admin_conn):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute("CREATE TABLE nope (x int)")
     assert side_dbs(admin_conn, app.db) == []
+
+
+def test_reset_and_drop_work_when_the_admin_url_names_the_app_database(app_with_row, admin_conn):
+    """Nobody can rename or drop the database their session is in: dbkit steps out to the
+    maintenance database instead of failing."""
+    app = app_with_row
+    inside = app.pg.with_(dbname=app.db).render(reveal=True)
+    r = app.cli("reset", "--yes", "--no-seed", DBKIT_ADMIN_URL=inside,
+                DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert r.code == 0, r.output
+    assert state(app)[1] == [] and side_dbs(admin_conn, app.db) == []
+    r = app.cli("drop", "--yes", DBKIT_ADMIN_URL=inside)
+    assert r.code == 0, r.output
+    assert exists(admin_conn, app) == (False, False)
