@@ -25,7 +25,8 @@ def connect(url: DbURL, settings: Settings, *, dbname: str | None = None,
     kw = url.connect_kwargs(dbname)
     kw.setdefault("connect_timeout", str(max(1, round(timeout or float(settings.connect_timeout)))))
     kw.setdefault("application_name", "dbkit")
-    shown = url.with_(dbname=dbname or url.dbname)
+    shown = url.with_(dbname=dbname or url.dbname,  # dbkit's own session label is noise here
+                      params=tuple(p for p in url.params if p[0] != "application_name"))
     log.debug("connecting to %s", shown)
     try:
         return psycopg.connect(autocommit=autocommit, **kw)
@@ -41,7 +42,11 @@ def connect(url: DbURL, settings: Settings, *, dbname: str | None = None,
 def connect_error(exc: Exception, url: DbURL) -> ConnectError:
     text = _first_line(exc)
     low = str(exc).lower()
-    if "password authentication failed" in low or "no password supplied" in low:
+    if "no password supplied" in low or (url.password is None and "password auth" in low):
+        return ConnectError(f"no password for role {url.user!r} at {url}: the URL has none",
+                            hint="put the role's password in DATABASE_URL (or .env), or give the "
+                            "role a new one with dbkit setup --rotate-password")
+    if "password authentication failed" in low:
         return ConnectError(f"login refused for role {url.user!r} at {url}: wrong password",
                             hint="check the password in the URL (or .env)")
     if "does not exist" in low and "database" in low:

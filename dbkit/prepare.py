@@ -41,9 +41,9 @@ def default_app_url(admin: DbURL) -> DbURL:
                  params=tuple((k, v) for k, v in admin.params if k in ("sslmode", "sslrootcert")))
 
 
-def setup(settings: Settings, *, seed: bool = True) -> SetupResult:
+def setup(settings: Settings, *, seed: bool = True, rotate: bool = False) -> SetupResult:
     started = time.perf_counter()
-    return complete(settings, ensure(settings), seed=seed, started=started)
+    return complete(settings, ensure(settings, rotate=rotate), seed=seed, started=started)
 
 
 def complete(settings: Settings, app: Ensured, *, seed: bool, started: float) -> SetupResult:
@@ -76,7 +76,7 @@ class Ensured:
         return dataclasses.replace(settings, database_url=url.render(reveal=True))
 
 
-def ensure(settings: Settings) -> Ensured:
+def ensure(settings: Settings, *, rotate: bool = False) -> Ensured:
     """The role(s) and database exist with their privileges (``dbkit create``), on the local
     server's current port; the password generated for a new role is read back from .env."""
     from dbkit import provision
@@ -86,7 +86,7 @@ def ensure(settings: Settings) -> Ensured:
     moved = _follow_local_server(settings, admin, url)
     if moved:
         url = moved
-    created = provision.create(settings, app_url=url, admin=admin)
+    created = provision.create(settings, app_url=url, admin=admin, rotate=rotate)
     final = url
     if created.printed_url is None and created.env_file and not url.password:
         # create generated the password and wrote it to .env: read it back for the next steps

@@ -132,6 +132,23 @@ def test_rotate_password(app):
         psycopg.connect(**app.url.connect_kwargs())
 
 
+def test_lost_password_gets_a_clear_error_and_setup_rotate_password_recovers(app):
+    assert app.cli("create").code == 0
+    # .env lost its password (say, recreated from .env.example); the role keeps its old one
+    (app.cwd / ".env").write_text(f"DATABASE_URL={app.url.with_(password=None).render()}\n")
+    r = app.cli("setup", "--no-seed", DATABASE_URL=None)
+    assert r.code == 4 and r.err.count("\n") == 1, r.output
+    assert f"no password for role {app.role!r}" in r.err and "setup --rotate-password" in r.err
+    assert "application_name" not in r.err  # dbkit's session label is not part of the story
+    r = app.cli("setup", "--no-seed", "--rotate-password", DATABASE_URL=None)
+    assert r.code == 0, r.output
+    new = app.read_env_url()
+    assert new.password and new.password != app.password
+    with psycopg.connect(**new.connect_kwargs()):
+        pass
+    assert app.cli("status", "--check", DATABASE_URL=None).code == 0
+
+
 def test_connection_limit(app, admin_conn):
     assert app.cli("create", "--connection-limit", "7").code == 0
     assert admin_conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",

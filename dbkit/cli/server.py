@@ -12,15 +12,20 @@ from dbkit.cli import cli, emit, settings
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL even if another answers.")
 @click.option("--migrations", type=click.Path(file_okay=False), default=None,
               help="Migrations directory (DBKIT_MIGRATIONS).")
+@click.option("--rotate-password", is_flag=True,
+              help="Give an existing role a new password (e.g. after .env was lost): the one in "
+              "DATABASE_URL, else a generated one written to .env.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def setup(no_seed: bool, local: bool, migrations: str | None, as_json: bool) -> None:
+def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: bool,
+          as_json: bool) -> None:
     """Create (if needed), migrate and seed: one command to a working database.
 
     Idempotent. If migrating or seeding fails, the role and database this run created are
     removed again; existing ones are never dropped."""
     from dbkit.prepare import setup as run_setup
 
-    result = run_setup(settings(local=local, migrations=migrations), seed=not no_seed)
+    result = run_setup(settings(local=local, migrations=migrations), seed=not no_seed,
+                       rotate=rotate_password)
     lines = [f"{s['step']:<8} {s['detail']}" for s in result.steps]
     lines.append("ready: " + ("done" if result.changed else "nothing changed, already up to date")
                  + f" ({result.seconds:.2f}s)")
