@@ -99,7 +99,8 @@ def ensure(settings: Settings, *, rotate: bool = False) -> Ensured:
     steps.append({
         "step": "create", "changed": bool(created.statements),
         "detail": ", ".join(f"created {c}" for c in created.created) or
-        ("converged privileges" if created.statements else "role and database exist"),
+        (f"new password for role {created.role}" if rotate and created.statements else
+         "converged privileges" if created.statements else "role and database exist"),
     })
     return Ensured(admin=admin, url=final, steps=steps, created=created.created, env_file=created.env_file or
                    (str(settings.env_file) if settings.env_file.exists() else None))

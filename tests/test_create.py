@@ -142,6 +142,7 @@ def test_lost_password_gets_a_clear_error_and_setup_rotate_password_recovers(app
     assert "application_name" not in r.err  # dbkit's session label is not part of the story
     r = app.cli("setup", "--no-seed", "--rotate-password", DATABASE_URL=None)
     assert r.code == 0, r.output
+    assert f"new password for role {app.role}" in r.out
     new = app.read_env_url()
     assert new.password and new.password != app.password
     with psycopg.connect(**new.connect_kwargs()):
