@@ -274,7 +274,8 @@ def _prologue(settings: Settings, to: str | None, url: DbURL | None, dbname: str
     directory = migrations_dir(settings)
     files = discover(directory)
     if to is not None and to not in {f.id for f in files}:
-        raise ConfigError(f"--to {to}: no migration with that id in {directory}")
+        raise ConfigError(f"--to {to}: no migration with that id in {directory}",
+                          hint="dbkit status lists the ids (file names without .sql)")
     return directory, files, _target(settings, url, dbname), timeouts(settings)
 
 

@@ -278,6 +278,9 @@ def test_rollback_steps_and_to(created):
     assert app.cli("rollback", "--steps", "2").code == 0
     assert applied_ids(app) == POSTS_IDS[:1]
     assert app.cli("rollback", "--to", "0004_create_votes").code == 3  # not applied
+    r = app.cli("migrate", "--to", "0004_votes")  # a typo: said in one line, with where to look
+    assert r.code == 3 and r.err.count("\n") == 1
+    assert "no migration with that id" in r.err and "dbkit status lists the ids" in r.err
 
 
 def test_rollback_without_rollback_file_refuses(created):
