@@ -210,7 +210,11 @@ class LocalServer:
         if self.initialized():
             return False
         bin_dir = self.bin_dir()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only or forbidden place
+            raise ServerError(f"cannot make the data directory {self.data_dir}: {exc.strerror}",
+                              hint="set DBKIT_DATA_DIR to a directory dbkit can create") from None
         user = self._run_as()
         # The server's OS user must reach pgdata through data_dir; other files stay 0600.
         os.chmod(self.data_dir, 0o711 if user else 0o700)

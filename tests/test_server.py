@@ -103,6 +103,16 @@ def test_bad_pg_bin_is_a_clear_error(project):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_data_dir_that_cannot_be_made_is_a_clear_error(project):
+    (project / "afile").write_text("in the way\n")
+    for where in ("afile", "afile/sub"):
+        r = dbkit(project, "server", "start", DBKIT_DATA_DIR=where)
+        assert r.returncode == 15, r.stderr
+        assert f"cannot make the data directory {project / where}" in r.stderr
+        assert "DBKIT_DATA_DIR" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (project / "afile").read_text() == "in the way\n"
+
+
 def test_binaries_are_found_without_configuration():
     d = find_pg_bin()
     assert (d / "initdb").exists() and (d / "pg_ctl").exists()
