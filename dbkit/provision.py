@@ -280,6 +280,10 @@ def create(settings: Settings, *, dry_run: bool = False, password: str | None = 
         plan = plan_create(conn, url, open_target, app_role=app_role, password=given,
                            rotate=rotate, connection_limit=connection_limit)
         if not dry_run:
+            if write_env and not print_url and (plan.password or plan.app_password):
+                from dbkit.settings import check_env_writable
+
+                check_env_writable(settings.env_file)  # the generated password must land
             apply(plan, conn, open_target)
     final = url.with_(password=plan.password) if plan.password else url
     result = Result(database=plan.database, role=plan.role, app_role=app_role,

@@ -160,6 +160,28 @@ def update_env_file(path: Path, key: str, value: str) -> None:
 
     Written to a temporary file and renamed, so a crash never leaves a half-written file.
     """
+    check_env_writable(path)
+    try:
+        _write_env(path, key, value)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise ConfigError(f"cannot write env file {path}: {why}",
+                          hint="make it a writable file, or choose another with --env-file"
+                          ) from None
+
+
+def check_env_writable(path: Path) -> None:
+    """Fail before anything is created whose secret would then have nowhere to go."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"env file {path} is not a regular file",
+                          hint="remove or rename it, or choose another with --env-file")
+    where = path if path.exists() else path.parent
+    if not os.access(where, os.W_OK) or not path.parent.is_dir():
+        raise ConfigError(f"env file {path} cannot be written",
+                          hint="make it writable, or choose another with --env-file")
+
+
+def _write_env(path: Path, key: str, value: str) -> None:
     lines = path.read_text().splitlines(keepends=True) if path.exists() else []
     new_line = f"{key}='{value}'\n" if "'" not in value else f'{key}="{value}"\n'
     for i, line in enumerate(lines):

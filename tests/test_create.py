@@ -150,6 +150,16 @@ def test_lost_password_gets_a_clear_error_and_setup_rotate_password_recovers(app
     assert app.cli("status", "--check", DATABASE_URL=None).code == 0
 
 
+def test_an_env_file_that_cannot_take_the_password_stops_create_before_anything(app, admin_conn):
+    (app.cwd / ".env").mkdir()  # in the way: the generated password would be lost
+    no_password = app.url.with_(password=None).render()
+    for command in (("create",), ("setup", "--no-seed")):
+        r = app.cli(*command, DATABASE_URL=no_password)
+        one_line_error(r, 3)
+        assert ".env is not a regular file" in r.err
+        assert catalog(admin_conn, [app.role, app.db]) == {"roles": [], "databases": []}
+
+
 def test_connection_limit(app, admin_conn):
     assert app.cli("create", "--connection-limit", "7").code == 0
     assert admin_conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",
