@@ -4,6 +4,7 @@ dbkit's named errors, and that decides which server is the admin server."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -31,12 +32,17 @@ def connect(url: DbURL, settings: Settings, *, dbname: str | None = None,
     try:
         return psycopg.connect(autocommit=autocommit, **kw)
     except psycopg.OperationalError as exc:
+        if _BAD_OPTION_VALUE.search(str(exc)):  # libpq refused the URL itself: no server involved
+            raise ConfigError(f"invalid connection option in {shown}: {_first_line(exc)}") from None
         err = connect_error(exc, shown)
         if "refused" in err.message.lower() and _local_server_stopped(settings):
             err.hint = "this project's local server is stopped: run dbkit server start (or setup)"
         raise err from None
     except psycopg.ProgrammingError as exc:  # e.g. an unknown query parameter in the URL
         raise ConfigError(f"invalid connection option in {shown}: {_first_line(exc)}") from None
+
+
+_BAD_OPTION_VALUE = re.compile(r"invalid [a-z_]+ value")
 
 
 def connect_error(exc: Exception, url: DbURL) -> ConnectError:

@@ -311,6 +311,14 @@ def test_bad_url_is_config_error_without_echoing_password():
         DbURL.parse("mysql://u@h/db")
 
 
+@pytest.mark.parametrize("option", ["sslmode=bogus", "nosuchopt=1", "target_session_attrs=odd"])
+def test_a_bad_connection_option_is_a_config_error(app, option):
+    bad = f"{app.url.render(reveal=True)}?{option}"
+    r = app.cli("status", DATABASE_URL=bad)
+    one_line_error(r, 3)
+    assert "invalid connection option" in r.err and app.password not in r.err
+
+
 def test_admin_without_createdb_is_refused_and_nothing_created(app, admin_conn):
     weak = unique_name("weak")
     app.extra_roles.append(weak)
