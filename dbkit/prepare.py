@@ -72,8 +72,14 @@ class Ensured:
     created: list[str]  # "role R", "database D": what this run made
 
     def settings(self, settings: Settings, dbname: str | None = None) -> Settings:
+        """Settings for the next steps; with ``dbname``, aimed at that database instead, also
+        for migrations run through DBKIT_MIGRATE_URL (a direct route to the same database)."""
         url = self.url.with_(dbname=dbname) if dbname else self.url
-        return dataclasses.replace(settings, database_url=url.render(reveal=True))
+        out = dataclasses.replace(settings, database_url=url.render(reveal=True))
+        if dbname and settings.migrate_url:
+            direct = settings.migration_url().with_(dbname=dbname)
+            out = dataclasses.replace(out, migrate_url=direct.render(reveal=True))
+        return out
 
 
 def ensure(settings: Settings, *, rotate: bool = False) -> Ensured:

@@ -211,3 +211,18 @@ def test_reset_and_drop_work_when_the_admin_url_names_the_app_database(app_with_
     r = app.cli("drop", "--yes", DBKIT_ADMIN_URL=inside)
     assert r.code == 0, r.output
     assert exists(admin_conn, app) == (False, False)
+
+
+def test_reset_migrates_the_new_database_also_through_dbkit_migrate_url(app_with_row, admin_conn):
+    """DBKIT_MIGRATE_URL (a direct route, e.g. around a pooler) names the app database; the
+    new copy must be the one migrated, not the old one."""
+    app = app_with_row
+    direct = app.url.render(reveal=True)
+    r = app.cli("reset", "--yes", "--no-seed", DBKIT_MIGRATE_URL=direct,
+                DBKIT_MIGRATIONS=str(MIGRATIONS))
+    assert r.code == 0, r.output
+    assert app.cli("status", "--check", DBKIT_MIGRATE_URL=direct,
+                   DBKIT_MIGRATIONS=str(MIGRATIONS)).code == 0
+    with app.connect() as conn:
+        assert conn.execute("SELECT to_regclass('posts') IS NOT NULL").fetchone()[0]
+    assert state(app)[1] == [] and side_dbs(admin_conn, app.db) == []
