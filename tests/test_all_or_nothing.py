@@ -226,3 +226,50 @@ def test_reset_migrates_the_new_database_also_through_dbkit_migrate_url(app_with
     with app.connect() as conn:
         assert conn.execute("SELECT to_regclass('posts') IS NOT NULL").fetchone()[0]
     assert state(app)[1] == [] and side_dbs(admin_conn, app.db) == []
+
+
+def _slow_migrations(tmp_path: Path) -> Path:
+    d = tmp_path / "slow"
+    shutil.copytree(MIGRATIONS, d)
+    (d / "0099_slow.sql").write_text("SELECT pg_sleep(30);\n")
+    return d
+
+
+def _terminate_when_sleeping(app, admin_conn, *args: str, **env: str):  # noqa: ANN001, ANN202
+    """Run dbkit, SIGTERM it once its migration sleeps (a CI job cancelled), return the result."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import clean_env
+
+    full = clean_env(**{k: v for k, v in app.env(**env).items() if v is not None})
+    proc = subprocess.Popen([sys.executable, "-m", "dbkit", *args], cwd=app.cwd, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not admin_conn.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE"
+                                 " 'SELECT pg_sleep(30)%%' AND pid <> pg_backend_pid()").fetchone():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_sigterm_during_a_first_setup_leaves_nothing(app, admin_conn, tmp_path):
+    code, err = _terminate_when_sleeping(app, admin_conn, "setup",
+                                         DBKIT_MIGRATIONS=str(_slow_migrations(tmp_path)))
+    assert code == 143 and "dbkit: terminated" in err and "Traceback" not in err, err
+    assert exists(admin_conn, app) == (False, False)
+
+
+def test_sigterm_during_reset_keeps_the_old_database_and_no_copy(app_with_row, admin_conn,
+                                                                 tmp_path):
+    app = app_with_row
+    before = state(app)
+    code, err = _terminate_when_sleeping(app, admin_conn, "reset", "--yes",
+                                         DBKIT_MIGRATIONS=str(_slow_migrations(tmp_path)))
+    assert code == 143 and "dbkit: terminated" in err and "Traceback" not in err, err
+    assert state(app) == before
+    assert side_dbs(admin_conn, app.db) == []  # dropped on the way out, not left for later

@@ -111,7 +111,19 @@ class _MaskFilter(logging.Filter):
         return True
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, a container stopped), raised so that what a command has
+    begun is undone on the way out exactly as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code = run(argv)
     sys.exit(code)
 
@@ -123,7 +135,10 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C (and so SIGTERM) into Abort
+        if isinstance(exc.__context__, Terminated):
+            click.echo("dbkit: terminated", err=True)
+            return 143
         click.echo("dbkit: aborted", err=True)
         return 130
     except click.ClickException as exc:
@@ -134,6 +149,9 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(one_line(f"dbkit: error: {scrub(exc.message)} (hint: {exc.hint})"), err=True)
         return exc.exit_code
+    except Terminated:
+        click.echo("dbkit: terminated", err=True)
+        return 143
     except KeyboardInterrupt:
         click.echo("dbkit: interrupted", err=True)
         return 130
