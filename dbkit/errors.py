@@ -141,4 +141,4 @@ EXIT_CODES: list[tuple[int, str]] = [(0, "success"), (1, "unexpected error (use 
                     MigrationError, LockTimeout, PendingMigrations, DriftDetected, LintFindings,
                     SchemaNotReady, DataError, ServerError, Refused, CheckFailed)
     }
-) + [(130, "interrupted (Ctrl-C)")]
+) + [(130, "interrupted (Ctrl-C)"), (143, "terminated (SIGTERM); begun work undone first")]

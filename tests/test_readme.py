@@ -59,3 +59,11 @@ def test_readme_run_command_on_a_fresh_copy():
     finally:
         LocalServer(copy / ".dbkit").destroy()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_readme_lists_every_exit_code():
+    from dbkit.errors import EXIT_CODES
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = {int(m) for m in re.findall(r"^\| (\d+) \|", readme, flags=re.M)}
+    assert listed == {code for code, _ in EXIT_CODES}
