@@ -364,9 +364,17 @@ def create(settings: Settings, *, count: int = 1, prefix: str = CLI_PREFIX, seed
         if foreign:
             raise Conflict(f"database {foreign[0][0]!r} exists and is not a dbkit test database",
                            hint="choose another --prefix")
-        for n in names:
-            drop_database(conn, n)
-            clone(conn, tpl.name, n)
+        touched: list[str] = []  # including the one being cloned: it may land after all
+        try:
+            for n in names:
+                touched.append(n)
+                drop_database(conn, n)
+                clone(conn, tpl.name, n)
+        except BaseException:  # all N or none: a half-made set is no use to a test run
+            for n in touched:
+                with contextlib.suppress(Exception):
+                    drop_database(conn, n)
+            raise
     urls = [owner_url(admin, n).render(reveal=reveal) for n in names]
     return CreateResult(template=tpl.name, template_built=tpl.built, databases=names, urls=urls,
                         seconds=round(time.perf_counter() - started, 3))

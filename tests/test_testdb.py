@@ -101,6 +101,34 @@ def test_create_count_5_full_posts_schema_then_drop_removes_all(app, admin_conn,
     assert again.code == 0 and "nothing to drop" in again.out
 
 
+def test_create_stopped_half_way_leaves_none_of_its_databases(app, admin_conn, migrations):
+    """All N or none: SIGTERM (a cancelled CI job) after the first clones drops those too."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import clean_env
+
+    prefix = unique_name("half") + "_"
+    assert app.cli("testdb", "create", "--prefix", prefix + "warm",  # build the template first
+                   DBKIT_MIGRATIONS=str(migrations)).code == 0
+    app.extra_dbs.append(prefix + "warm1")
+    env = clean_env(**{k: v for k, v in app.env(DBKIT_MIGRATIONS=str(migrations)).items()
+                       if v is not None})
+    proc = subprocess.Popen([sys.executable, "-m", "dbkit", "testdb", "create", "--count", "1000",
+                             "--prefix", prefix], cwd=app.cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    app.extra_dbs += [f"{prefix}{i}" for i in range(1, 1001)]
+    deadline = time.monotonic() + 60
+    while len(dbs_with(admin_conn, prefix + "2")) < 1:  # a few clones exist
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err, err
+    assert [d for d in dbs_with(admin_conn, prefix) if not d.startswith(prefix + "warm")] == []
+
+
 def test_create_twice_replaces_and_text_output_masks_password(app, admin_conn, migrations):
     prefix = unique_name("tw") + "_"
     app.extra_dbs += [f"{prefix}1", f"{prefix}2"]
