@@ -80,7 +80,9 @@ def discover(directory: Path) -> list[MigrationFile]:
             continue
         if path.suffix == ".py":
             raise ConfigError(f"{path}: dbkit runs SQL migrations only",
-                              hint="rewrite it as NAME.sql with NAME.rollback.sql")
+                              hint="rewrite it as NAME.sql with NAME.rollback.sql; if the "
+                              "directory is another tool's (Alembic's), point dbkit at its own "
+                              "with --migrations or DBKIT_MIGRATIONS")
         if path.suffix != ".sql":
             continue
         mid = path.stem

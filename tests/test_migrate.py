@@ -453,3 +453,14 @@ def test_bookkeeping_commits_with_the_migration_or_not_at_all(created):
     assert rows(app, "SELECT to_regclass('x'), to_regclass('gone'), to_regclass('_yoyo_log')"
                 " IS NOT NULL") == [(None, None, True)]
     assert applied_ids(app) == ["0001_a"]
+
+
+def test_python_migrations_are_refused_with_the_way_out(created):
+    """A FastAPI project may already have an Alembic ./migrations (env.py, versions/*.py)."""
+    app = created
+    (app.cwd / "migrations" / "versions").mkdir(parents=True)
+    (app.cwd / "migrations" / "env.py").write_text("# alembic\n")
+    r = app.cli("migrate")
+    assert r.code == 3 and r.err.count("\n") == 1, r.output
+    assert "env.py: dbkit runs SQL migrations only" in r.err and "DBKIT_MIGRATIONS" in r.err
+    assert app.cli("migrate", "--migrations", str(PACKAGED)).code == 0
