@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from dbkit.errors import ConfigError, ConnectError
+from dbkit.errors import ConfigError, Conflict, ConnectError
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
@@ -86,6 +88,26 @@ def wait_for(url: DbURL, settings: Settings, timeout: float, dbname: str | None 
                 raise ConnectError(f"{exc.message} (gave up after {timeout:g}s)",
                                    hint=exc.hint) from None
             time.sleep(0.2)
+
+
+LOCK_CLASS = 0x64626B74  # "dbkt": dbkit's advisory-lock class (objids: 1 migrations, others here)
+
+
+@contextmanager
+def admin_lock(admin: DbURL, settings: Settings, key: str, what: str) -> Iterator[None]:
+    """Serialise ``what`` across processes: a transaction-level advisory lock on a connection
+    of its own, so it ends with this process whatever happens, even behind a pooler (a session
+    lock can stay behind with a pooled server connection). Waits up to 2 minutes."""
+    import psycopg
+
+    with connect(admin, settings) as conn:
+        conn.execute("SET LOCAL lock_timeout = '120s'")
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (LOCK_CLASS, key))
+        except psycopg.errors.LockNotAvailable:
+            raise Conflict(f"another dbkit {what} has been running for 2 minutes",
+                           hint=f"wait for it to finish, or stop it, then {what} again") from None
+        yield  # the transaction stays open (and idle) until the work is done
 
 
 def away_from(admin: DbURL, db: str) -> DbURL:

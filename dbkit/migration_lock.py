@@ -25,7 +25,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from dbkit.db import connect
+from dbkit.db import LOCK_CLASS, connect
 from dbkit.errors import LockTimeout
 from dbkit.ledger import YOYO_LOCK
 
@@ -39,7 +39,6 @@ log = logging.getLogger("dbkit")
 
 # pg_advisory_xact_lock(int4, int4): a fixed class id for dbkit plus 1 for "migrations".
 # Advisory locks are per database, so one key serves every database on a server.
-LOCK_CLASS = 0x64626B74  # "dbkt"
 LOCK_ID = 1
 LOCK_APP = "dbkit migrate (lock)"
 MIGRATE_APP = "dbkit migrate"

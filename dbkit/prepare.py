@@ -94,11 +94,14 @@ def ensure(settings: Settings, *, rotate: bool = False) -> Ensured:
         url = moved
     created = provision.create(settings, app_url=url, admin=admin, rotate=rotate)
     final = url
-    if created.printed_url is None and created.env_file and not url.password:
-        # create generated the password and wrote it to .env: read it back for the next steps
+    if not url.password:
+        # create generated the password and wrote it to .env, or a setup running beside this
+        # one did (it held the lock first): read it back for the next steps
         from dbkit.settings import read_env_file
 
-        final = DbURL.parse(read_env_file(settings.env_file)["DATABASE_URL"])
+        written = read_env_file(settings.env_file).get("DATABASE_URL")
+        if written and DbURL.parse(written).with_(password=None) == url:
+            final = DbURL.parse(written)
     steps: list[dict[str, Any]] = [] if not moved else [{
         "step": "server", "changed": True,
         "detail": f"the local server moved to port {admin.port}; DATABASE_URL updated"}]

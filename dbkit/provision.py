@@ -8,13 +8,14 @@ computed here on the client, so they never appear in the server's statement log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import admin_url, away_from, connect
+from dbkit.db import admin_lock, admin_url, away_from, connect
 from dbkit.errors import Conflict, DbkitError, InvalidName, PermissionDenied, Refused
 from dbkit.grants import plan_inside, role_info
 from dbkit.urls import DbURL
@@ -275,7 +276,10 @@ def create(settings: Settings, *, dry_run: bool = False, password: str | None = 
     given = password or url.password
     app_role = settings.app_role
     open_target = _open_target_factory(settings, admin)
-    with connect(admin, settings, autocommit=True) as conn:
+    # Plan and apply under one lock: two setups at once would both plan CREATE ROLE.
+    serial = contextlib.nullcontext() if dry_run else admin_lock(admin, settings, "provision",
+                                                                 "create")
+    with serial, connect(admin, settings, autocommit=True) as conn:
         _check_admin(conn, need_createdb=True)
         plan = plan_create(conn, url, open_target, app_role=app_role, password=given,
                            rotate=rotate, connection_limit=connection_limit)

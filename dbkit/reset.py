@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from dbkit.db import away_from, connect
+from dbkit.db import admin_lock, away_from, connect
 from dbkit.errors import Conflict, PermissionDenied
-from dbkit.migration_lock import LOCK_CLASS
 
 if TYPE_CHECKING:
     import psycopg
 
     from dbkit.prepare import SetupResult
     from dbkit.settings import Settings
-    from dbkit.urls import DbURL
 
-RESET_LOCK = 2  # beside migrations' 1, in dbkit's advisory-lock class
 SWAP_WAIT = 10.0  # seconds to wait for the old database's sessions to end
 
 
@@ -48,7 +43,9 @@ def reset(settings: Settings, *, seed: bool = True) -> SetupResult:
         return prepare.complete(settings, app, seed=seed, started=started)
     scratch, retired = side_name(db, "reset"), side_name(db, "retired")
     admin = away_from(app.admin, db)
-    with _reset_lock(settings, admin, db), connect(admin, settings, autocommit=True) as conn:
+    # One reset of a database at a time: a second one waits, then makes its own fresh copy.
+    with admin_lock(admin, settings, f"reset:{db}", "reset"), \
+            connect(admin, settings, autocommit=True) as conn:
         for leftover in (scratch, retired):  # from a reset that was killed
             _drop(conn, leftover)
         steps = [{"step": "create", "changed": True, "detail": f"built as {scratch}"}]
@@ -64,24 +61,6 @@ def reset(settings: Settings, *, seed: bool = True) -> SetupResult:
     steps.append({"step": "swap", "changed": True, "detail": f"replaced {db}; old copy dropped"})
     return prepare.SetupResult(url=str(app.url), env_file=app.env_file, changed=True,
                                steps=steps, seconds=round(time.perf_counter() - started, 3))
-
-
-@contextmanager
-def _reset_lock(settings: Settings, admin: DbURL, db: str) -> Iterator[None]:
-    """One reset of a database at a time: a second one waits, then makes its own fresh copy.
-    A transaction-level lock on a connection of its own, so that it cannot outlive this
-    process, even behind a pooler (a session lock there can stay with a pooled connection)."""
-    import psycopg
-
-    with connect(admin, settings) as conn:
-        conn.execute("SET LOCAL lock_timeout = '120s'")
-        try:
-            conn.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))",
-                         (LOCK_CLASS, f"{RESET_LOCK}:{db}"))
-        except psycopg.errors.LockNotAvailable:
-            raise Conflict(f"another dbkit reset of {db!r} has been running for 2 minutes",
-                           hint="wait for it to finish, or stop it, then reset again") from None
-        yield  # the transaction stays open (and idle) until the reset is done
 
 
 def _drop(conn: psycopg.Connection, db: str) -> None:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,11 +211,7 @@ class LocalServer:
         if self.initialized():
             return False
         bin_dir = self.bin_dir()
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a file in the way, a read-only or forbidden place
-            raise ServerError(f"cannot make the data directory {self.data_dir}: {exc.strerror}",
-                              hint="set DBKIT_DATA_DIR to a directory dbkit can create") from None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._run_as()
         # The server's OS user must reach pgdata through data_dir; other files stay 0600.
         os.chmod(self.data_dir, 0o711 if user else 0o700)
@@ -305,8 +302,28 @@ class LocalServer:
                 hint=f"set DBKIT_PG_BIN to PostgreSQL {data_major}'s bin directory, or upgrade "
                 "the data with pg_upgrade (dbkit never converts it silently)")
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One process at a time initialises, starts or stops this server: parallel first
+        setups (two terminals, make -j, pytest-xdist workers) would otherwise race initdb."""
+        import fcntl
+
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.data_dir / ".lock", "a")  # noqa: SIM115 - held until the end
+        except OSError as exc:  # a file in the way, a read-only or forbidden place
+            raise ServerError(f"cannot make the data directory {self.data_dir}: {exc.strerror}",
+                              hint="set DBKIT_DATA_DIR to a directory dbkit can create") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            yield
+
     def start(self, timeout: float = 60) -> bool:
         """Initialise if needed and start. Returns True when it was started now."""
+        with self._exclusive():
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> bool:
         self.init()
         if self.running():
             return False
@@ -356,6 +373,10 @@ class LocalServer:
         """Stop if running. Returns True when it was running."""
         if not self.running():
             return False
+        with self._exclusive():
+            return self.running() and self._stop(mode)
+
+    def _stop(self, mode: str | None) -> bool:
         self._run([str(self.bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m",
                    mode or ("immediate" if self.fast else "fast"), "stop"])
         return True

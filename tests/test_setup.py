@@ -111,3 +111,24 @@ def test_doctor_on_a_set_up_project_uses_its_own_server_as_admin(project):
     r = dbkit(project, "doctor", "--json")  # a diagnosis does not start the server again
     assert r.returncode == 17
     assert not LocalServer(project / ".dbkit").running()
+
+
+def test_parallel_first_setups_share_one_server_and_one_database(project):
+    """Two terminals, make -j, or pytest-xdist workers: several first setups at once must not
+    race initdb or CREATE ROLE; all succeed and agree on one URL."""
+    import sys
+
+    from helpers import clean_env
+
+    procs = [subprocess.Popen([sys.executable, "-m", "dbkit", "setup"], cwd=project,
+                              env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    outs = "".join(out for _, out, _ in results)
+    assert outs.count("created role posts") == 1 and outs.count("inserted 39 sample") == 1
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+    assert {line for _, out, _ in results for line in out.splitlines()
+            if line.startswith("DATABASE_URL=")} == {f"DATABASE_URL={url}"}
+    assert counts(url) == "5,10,24"
+    assert dbkit(project, "setup").stdout.count("nothing changed") == 1
