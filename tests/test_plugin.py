@@ -126,3 +126,27 @@ def test_unreachable_server_is_one_clear_failure(project, pg):
     assert proc.returncode == 1
     assert "dbkit: cannot connect to" in proc.stdout
     assert (closed.password or "\0") not in proc.stdout + proc.stderr
+
+
+def test_xdist_with_nothing_configured_shares_one_local_server():
+    """No server configured: every worker wants dbkit's local server at once; one initdb,
+    one server, every test passes, no clone left."""
+    import tempfile
+
+    from dbkit.server import LocalServer
+
+    d = Path(tempfile.mkdtemp(prefix="dbkit-xdist-"))
+    os.chmod(d, 0o755)  # the server's OS user (as root: postgres) must reach .dbkit
+    server = LocalServer(d / ".dbkit")
+    try:
+        shutil.copy(SAMPLE, d / "test_sample.py")
+        (d / "pytest.ini").write_text(f"[pytest]\ndbkit_migrations = {MIGRATIONS}\n")
+        proc = subprocess.run(pytest_cmd("-n", "3"), cwd=d, env=clean_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert passed(proc) == PASSING
+        assert server.running()
+        assert clones(server.admin_url()) == []
+    finally:
+        server.destroy()
+        shutil.rmtree(d, ignore_errors=True)
