@@ -5,6 +5,7 @@ This is the only module that reads ``os.environ``; everything else receives a ``
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -77,6 +78,7 @@ class Settings:
         if not path.is_absolute():
             path = cwd / path
         file_values = read_env_file(path, required=explicit_file)
+        _warn_unparsed(path)
         values: dict[str, Any] = {}
         for var, (name, default, _help) in VARIABLES.items():
             if name in flags:
@@ -153,6 +155,23 @@ def read_env_file(path: Path, required: bool = False) -> dict[str, str]:
         return {k: v for k, v in dotenv_values(path).items() if v is not None}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read env file {path}: {exc.__class__.__name__}") from None
+
+
+def _warn_unparsed(path: Path) -> None:
+    """python-dotenv skips a line it cannot parse without a word; say which one, or a broken
+    DATABASE_URL line reads as 'DATABASE_URL is not set'."""
+    if not path.is_file():
+        return
+    from dotenv.parser import parse_stream
+
+    try:
+        with path.open(encoding="utf-8") as f:
+            bad = [b.original.line for b in parse_stream(f) if b.error]
+    except (OSError, UnicodeDecodeError):
+        return  # read_env_file has already said so
+    for line in bad:
+        logging.getLogger("dbkit").warning("%s:%d: cannot parse this line; it is ignored",
+                                           path, line)
 
 
 def update_env_file(path: Path, key: str, value: str) -> None:

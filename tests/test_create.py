@@ -160,6 +160,16 @@ def test_an_env_file_that_cannot_take_the_password_stops_create_before_anything(
         assert catalog(admin_conn, [app.role, app.db]) == {"roles": [], "databases": []}
 
 
+def test_an_unparsable_env_line_is_named_not_silently_dropped(app):
+    (app.cwd / ".env").write_text(f"# mine\nDATABASE_URL=\"{app.url.render(reveal=True)}\n")
+    r = app.cli("status", DATABASE_URL=None)
+    assert r.code == 3, r.output
+    warning, error = r.err.splitlines()
+    assert warning == f"dbkit: warning: {app.cwd / '.env'}:2: cannot parse this line; it is ignored"
+    assert error.startswith("dbkit: error: DATABASE_URL is not set")
+    assert app.password not in r.output
+
+
 def test_connection_limit(app, admin_conn):
     assert app.cli("create", "--connection-limit", "7").code == 0
     assert admin_conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",

@@ -50,13 +50,15 @@ def cli(env_file: str | None, debug: bool, verbose: bool) -> None:
     logger = logging.getLogger("dbkit")
     for old in [h for h in logger.handlers if getattr(h, "dbkit_cli", False)]:
         logger.removeHandler(old)  # run() may be called many times in one process (tests)
-    if debug or verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.dbkit_cli = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("dbkit: %(message)s"))
-        handler.addFilter(_MaskFilter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    # Warnings always show (masked, one line each); everything else with -v / --debug.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.dbkit_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("dbkit: %(message)s" if debug or verbose
+                                           else "dbkit: warning: %(message)s"))
+    handler.addFilter(_MaskFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("dotenv").setLevel(logging.ERROR)  # dbkit names the unparsable line itself
 
 
 def settings(**flags: Any):  # -> Settings; typed loosely to keep the import lazy
@@ -106,7 +108,8 @@ def one_line(text: str) -> str:
 
 class _MaskFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        msg = scrub(record.getMessage())
+        record.msg = one_line(msg) if record.levelno >= logging.WARNING else msg
         record.args = ()
         return True
 
