@@ -29,7 +29,7 @@ _DDL = """CREATE TABLE IF NOT EXISTS {} (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id        uuid        NOT NULL,
     migration_id  text        NOT NULL,
-    direction     text        NOT NULL CHECK (direction IN ('apply', 'rollback')),
+    direction     text        NOT NULL CHECK (direction IN ('apply', 'rollback', 'mark')),
     outcome       text        NOT NULL
                   CHECK (outcome IN ('running', 'ok', 'failed', 'interrupted')),
     db_user       text        NOT NULL DEFAULT current_user,
@@ -67,6 +67,20 @@ class Entry:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def allow_mark(conn: psycopg.Connection) -> None:
+    """Tables made before ``--mark-applied`` existed accept only apply/rollback rows."""
+    from psycopg import sql
+
+    row = conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+        " AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%%direction%%'", (HISTORY,)
+    ).fetchone()
+    if row and "'mark'" not in row[1]:
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} CHECK"
+                             " (direction IN ('apply', 'rollback', 'mark'))").format(
+            sql.Identifier(HISTORY), sql.Identifier(row[0]), sql.Identifier(row[0])))
 
 
 class Recorder:

@@ -154,8 +154,10 @@ def _who() -> tuple[str, str]:
     return user[:255], socket.gethostname()[:255]
 
 
-def record(conn: psycopg.Connection, mf: MigrationFile, direction: str) -> None:
+def record(conn: psycopg.Connection, mf: MigrationFile, direction: str, *,
+           operation: str | None = None) -> None:
     """yoyo's rows for an apply/rollback, plus dbkit's checksum; in the caller's transaction.
+    ``operation`` is what yoyo's log says (its own ``yoyo mark`` writes 'mark').
 
     One statement (data-modifying CTEs): one round trip per migration instead of three.
     """
@@ -166,7 +168,7 @@ def record(conn: psycopg.Connection, mf: MigrationFile, direction: str) -> None:
         "INSERT INTO {} (id, migration_hash, migration_id, operation, username, hostname,"
         " comment, created_at_utc) VALUES (%s, %s, %s, %s, %s, %s, 'dbkit',"
         " clock_timestamp() AT TIME ZONE 'UTC')").format(_ident(YOYO_LOG))
-    log_params = (str(uuid.uuid1()), mf.hash, mf.id, direction, user, host)
+    log_params = (str(uuid.uuid1()), mf.hash, mf.id, operation or direction, user, host)
     if direction == "apply":
         query = sql.SQL(
             "WITH m AS (INSERT INTO {} (migration_hash, migration_id, applied_at_utc)"

@@ -280,14 +280,19 @@ def _prologue(settings: Settings, to: str | None, url: DbURL | None, dbname: str
 
 
 def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
-            allow_unsafe: bool = False, url: DbURL | None = None, dbname: str | None = None
-            ) -> MigrateResult:
+            allow_unsafe: bool = False, url: DbURL | None = None, dbname: str | None = None,
+            mark: bool = False) -> MigrateResult:
     """Apply pending migrations in order (up to and including ``to``), each in its own
     transaction with its bookkeeping, one process at a time per database.
 
     Pending migrations are linted first (``dbkit.lint``): findings refuse the run with
     LintFindings unless ``allow_unsafe`` or DBKIT_ENV=development, where they are warnings.
+    ``mark`` records them as applied without running them (adopting a database that already
+    has that schema, like ``yoyo mark`` or ``alembic stamp``); it needs ``to``.
     """
+    if mark and to is None:
+        raise ConfigError("--mark-applied needs --to ID: the last migration the database "
+                          "already has", hint="see dbkit status for the ids")
     directory, files, target, limits = _prologue(settings, to, url, dbname)
     result = MigrateResult(database=str(target), directory=str(directory), dry_run=dry_run)
     if dry_run:
@@ -295,8 +300,10 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
             state = read_state(conn)
         result.warnings = _warnings(files, state, refuse_renames=False)
         pending = _pending(files, state, to)
-        result.warnings += lint_gate(pending, allow_unsafe, settings.env, preview=True)
-        result.plan = [Planned(f.id, f.transactional, [s.sql for s in statements(f.path)])
+        if not mark:  # marking runs nothing: nothing to lint
+            result.warnings += lint_gate(pending, allow_unsafe, settings.env, preview=True)
+        result.plan = [Planned(f.id, f.transactional,
+                               [] if mark else [s.sql for s in statements(f.path)])
                        for f in pending]
         result.already_applied = len(state.applied)
         return result
@@ -304,10 +311,10 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
         state = runner.prepare(files)
         drifted = _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
-        unsafe = lint_gate(pending, allow_unsafe, settings.env)
+        unsafe = [] if mark else lint_gate(pending, allow_unsafe, settings.env)
         result.already_applied = len(state.applied)
         for f in pending:
-            result.applied.append(runner.run(f, "apply"))
+            result.applied.append(runner.mark(f) if mark else runner.run(f, "apply"))
         result.warnings = runner.notes + drifted + unsafe
     return result
 

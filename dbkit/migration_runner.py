@@ -201,6 +201,18 @@ class Runner:
             raise
         return Ran(mf.id, direction, mf.transactional, ms)
 
+    def mark(self, mf: MigrationFile) -> Ran:
+        """Record as applied without running it: the database already has what it does."""
+        from dbkit.history import allow_mark
+
+        allow_mark(self.conn)
+        entry = self.recorder.start(mf.id, "mark")
+        with self.conn.transaction():
+            ledger.record(self.conn, mf, "apply", operation="mark")
+            ms = self.recorder.finish(entry, "ok")
+        log.info("marked %s as applied (not run)", mf.id)
+        return Ran(mf.id, "mark", mf.transactional, ms)
+
     def _still_in(self, mf: MigrationFile, path: Path, stmt: Statement,
                   conn: psycopg.Connection, in_transaction: bool) -> None:
         """A COMMIT/ROLLBACK in a transactional migration ends the transaction its record
@@ -281,4 +293,10 @@ def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception
     if mf.transactional:
         earlier = ("; earlier migrations stay applied" if direction == "apply"
                    else "; migrations rolled back before it stay rolled back")
-    return MigrationError(f"{where}: {primary}{detail} (SQLSTATE {state}); {kept}{earlier}")
+    hint = None
+    if direction == "apply" and isinstance(exc, psycopg.errors.DuplicateTable | psycopg.errors.
+                                           DuplicateObject | psycopg.errors.DuplicateColumn):
+        hint = ("if the database already has what this migration makes, record it without "
+                f"running it: dbkit migrate --mark-applied --to {mf.id}")
+    return MigrationError(f"{where}: {primary}{detail} (SQLSTATE {state}); {kept}{earlier}",
+                          hint=hint)

@@ -464,3 +464,50 @@ def test_python_migrations_are_refused_with_the_way_out(created):
     assert r.code == 3 and r.err.count("\n") == 1, r.output
     assert "env.py: dbkit runs SQL migrations only" in r.err and "DBKIT_MIGRATIONS" in r.err
     assert app.cli("migrate", "--migrations", str(PACKAGED)).code == 0
+
+
+def test_mark_applied_adopts_a_database_that_already_has_the_schema(created):
+    """A tutorial database made by hand (or by create_all) already has posts and users: those
+    migrations are recorded without running, the rest then apply (yoyo mark, alembic stamp)."""
+    app = created
+    with app.connect() as conn:  # the schema of the first two migrations, made outside dbkit
+        for mid in POSTS_IDS[:2]:
+            conn.execute((PACKAGED / f"{mid}.sql").read_text())
+    r = app.cli("migrate")
+    assert r.code == 8 and "already exists" in r.err, r.output
+    assert f"dbkit migrate --mark-applied --to {POSTS_IDS[0]}" in r.err  # the way out
+    r = app.cli("migrate", "--mark-applied")
+    assert r.code == 3 and "needs --to" in r.err
+    r = app.cli("migrate", "--mark-applied", "--to", POSTS_IDS[1], "--dry-run")
+    assert r.code == 0 and "recorded only; not run" in r.out and "CREATE" not in r.out
+    assert applied_ids(app) == []
+    r = app.cli("migrate", "--mark-applied", "--to", POSTS_IDS[1], "--json")
+    assert r.code == 0, r.output
+    assert [(a["id"], a["direction"]) for a in json.loads(r.out)["applied"]] == \
+        [(POSTS_IDS[0], "mark"), (POSTS_IDS[1], "mark")]
+    assert applied_ids(app) == POSTS_IDS[:2]
+    assert app.cli("migrate").code == 0
+    assert applied_ids(app) == POSTS_IDS
+    assert app.cli("verify").code == 0  # marked ones carry their checksums
+    listed = yoyo(app, "list", str(PACKAGED)).stdout.splitlines()
+    assert {ln.split()[1]: ln.split()[0] for ln in listed if ln.split()[:1] in (["A"], ["U"])} \
+        == {i: "A" for i in POSTS_IDS}  # yoyo agrees
+    assert rows(app, "SELECT direction, count(*) FROM _dbkit_history WHERE outcome = 'ok'"
+                     " GROUP BY 1 ORDER BY 1") == [("apply", 4), ("mark", 2)]
+    assert rows(app, "SELECT operation FROM _yoyo_log WHERE migration_id = %s",
+                (POSTS_IDS[0],)) == [("mark",)]
+    assert app.cli("migrate", "--mark-applied", "--to", POSTS_IDS[1]).code == 0  # twice: no-op
+
+
+def test_mark_applied_upgrades_a_history_table_made_before_it(created):
+    app = created
+    assert app.cli("migrate", "--to", POSTS_IDS[0]).code == 0
+    with app.connect() as conn:  # the constraint as dbkit wrote it before --mark-applied
+        name = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid ="
+                            " '_dbkit_history'::regclass AND contype = 'c'"
+                            " AND pg_get_constraintdef(oid) LIKE '%direction%'").fetchone()[0]
+        conn.execute(f'ALTER TABLE _dbkit_history DROP CONSTRAINT "{name}", ADD CONSTRAINT'
+                     f" \"{name}\" CHECK (direction IN ('apply', 'rollback'))")
+    r = app.cli("migrate", "--mark-applied", "--to", POSTS_IDS[1])
+    assert r.code == 0, r.output
+    assert applied_ids(app) == POSTS_IDS[:2]

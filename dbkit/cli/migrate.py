@@ -31,40 +31,48 @@ def _warn(warnings: list[str]) -> None:
         click.echo(f"dbkit: warning: {w}", err=True)
 
 
-def _render_plan(result: Any, verb: str) -> str:
+def _render_plan(result: Any, verb: str, empty: str = "-- (no statements)") -> str:
     lines = [f"-- dry run: nothing changed. Would {verb} {len(result.plan)} migration(s) on "
              f"{result.database}:"]
     for p in result.plan:
         how = "one transaction" if p.transactional else "no transaction (transactional: false)"
         lines.append(f"\n-- {p.id} ({how})")
-        lines += [s.rstrip().rstrip(";") + ";" for s in p.sql] or ["-- (no statements)"]
+        lines += [s.rstrip().rstrip(";") + ";" for s in p.sql] or [empty]
     return "\n".join(lines)
 
 
 @cli.command()
 @click.option("--to", "to", default=None, metavar="ID", help="Stop after this migration.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option("--mark-applied", is_flag=True,
+              help="Record the pending migrations up to --to as applied without running them: "
+              "for a database that already has that schema (like yoyo mark, alembic stamp).")
 @click.option("--allow-unsafe", is_flag=True,
               help="Apply even if dbkit lint finds statements unsafe on a live database "
               "(findings are only warnings when DBKIT_ENV=development).")
 @_timeout_options
 @_migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def migrate(to: str | None, dry_run: bool, allow_unsafe: bool, lock_timeout: str | None,
-            statement_timeout: str | None, migrations: str | None, as_json: bool) -> None:
+def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: bool,
+            lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
+            as_json: bool) -> None:
     """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL."""
     from dbkit import migrate as m
 
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
-    result = m.migrate(s, to=to, dry_run=dry_run, allow_unsafe=allow_unsafe)
+    result = m.migrate(s, to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied)
     _warn(result.warnings)
     if dry_run:
-        emit(result.as_dict(), as_json, _render_plan(result, "apply"))
+        plan = (_render_plan(result, "mark as applied", "-- (recorded only; not run)")
+                if mark_applied else _render_plan(result, "apply"))
+        emit(result.as_dict(), as_json, plan)
         return
-    lines = [f"applied {r.id} ({r.duration_ms:.0f} ms)" for r in result.applied]
+    lines = [f"marked {r.id} as applied (not run)" if r.direction == "mark" else
+             f"applied {r.id} ({r.duration_ms:.0f} ms)" for r in result.applied]
     if result.applied:
-        lines.append(f"{len(result.applied)} migration(s) applied to {result.database}")
+        lines.append(f"{len(result.applied)} migration(s) "
+                     f"{'marked as applied in' if mark_applied else 'applied to'} {result.database}")
     else:
         lines.append(f"up to date: nothing to apply ({result.already_applied} applied)")
     emit(result.as_dict(), as_json, "\n".join(lines))

@@ -138,6 +138,8 @@ def test_every_dry_run_on_a_provisioned_empty_database(app, admin_conn, seed_fil
     run_everywhere(admin_conn, app, role2)
     dry(admin_conn, app, ("migrate", "--dry-run"), {0})
     dry(admin_conn, app, ("migrate", "--dry-run", "--to", "0002_create_users", "--json"), {0})
+    dry(admin_conn, app, ("migrate", "--dry-run", "--mark-applied", "--to", "0003_add_post_owner"),
+        {0})
     dry(admin_conn, app, ("rollback", "--dry-run"), {0})
     dry(admin_conn, app, ("rollback", "--dry-run", "--all"), {0})
     for args in [("seed", "--dry-run"), ("seed", "--dry-run", "--users", "5"),
