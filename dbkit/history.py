@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from dbkit.settings import Settings
     from dbkit.urls import DbURL
 
+DIRECTIONS = ("apply", "rollback", "mark", "accept")
 _DDL = """CREATE TABLE IF NOT EXISTS {} (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id        uuid        NOT NULL,
     migration_id  text        NOT NULL,
-    direction     text        NOT NULL CHECK (direction IN ('apply', 'rollback', 'mark')),
+    direction     text        NOT NULL CHECK (direction IN ('apply', 'rollback', 'mark',
+                                                               'accept')),
     outcome       text        NOT NULL
                   CHECK (outcome IN ('running', 'ok', 'failed', 'interrupted')),
     db_user       text        NOT NULL DEFAULT current_user,
@@ -69,18 +71,19 @@ class Entry:
         return asdict(self)
 
 
-def allow_mark(conn: psycopg.Connection) -> None:
-    """Tables made before ``--mark-applied`` existed accept only apply/rollback rows."""
+def allow_all_directions(conn: psycopg.Connection) -> None:
+    """Tables made before ``--mark-applied`` / ``verify --accept`` accept only apply/rollback."""
     from psycopg import sql
 
     row = conn.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
         " AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%%direction%%'", (HISTORY,)
     ).fetchone()
-    if row and "'mark'" not in row[1]:
+    if row and not all(f"'{d}'" in row[1] for d in DIRECTIONS):
         conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} CHECK"
-                             " (direction IN ('apply', 'rollback', 'mark'))").format(
-            sql.Identifier(HISTORY), sql.Identifier(row[0]), sql.Identifier(row[0])))
+                             " (direction IN ({}))").format(
+            sql.Identifier(HISTORY), sql.Identifier(row[0]), sql.Identifier(row[0]),
+            sql.SQL(", ").join(map(sql.Literal, DIRECTIONS))))
 
 
 class Recorder:

@@ -186,6 +186,15 @@ def record(conn: psycopg.Connection, mf: MigrationFile, direction: str, *,
     conn.execute(query, (*params, *log_params))
 
 
+def set_checksum(conn: psycopg.Connection, mf: MigrationFile) -> None:
+    """The file as it is now becomes the recorded version (``dbkit verify --accept``)."""
+    from psycopg import sql
+
+    conn.execute(sql.SQL("INSERT INTO {} (migration_id, checksum) VALUES (%s, %s)"
+                         " ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum,"
+                         " recorded_at = now()").format(_ident(CHECKSUMS)), (mf.id, mf.checksum))
+
+
 def adopt(conn: psycopg.Connection, files: list[MigrationFile], state: State) -> list[str]:
     """Checksums for migrations applied outside dbkit (yoyo's CLI): trusted on first sight.
     Checksums of migrations no longer applied (rolled back by yoyo) are dropped."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,15 +204,23 @@ class Runner:
 
     def mark(self, mf: MigrationFile) -> Ran:
         """Record as applied without running it: the database already has what it does."""
-        from dbkit.history import allow_mark
+        return self._bookkeeping(mf, "mark", lambda: ledger.record(self.conn, mf, "apply",
+                                                                   operation="mark"))
 
-        allow_mark(self.conn)
-        entry = self.recorder.start(mf.id, "mark")
+    def accept(self, mf: MigrationFile) -> Ran:
+        """Record an applied migration's edited file as its version (nothing runs)."""
+        return self._bookkeeping(mf, "accept", lambda: ledger.set_checksum(self.conn, mf))
+
+    def _bookkeeping(self, mf: MigrationFile, direction: str, write: Callable[[], None]) -> Ran:
+        from dbkit.history import allow_all_directions
+
+        allow_all_directions(self.conn)
+        entry = self.recorder.start(mf.id, direction)
         with self.conn.transaction():
-            ledger.record(self.conn, mf, "apply", operation="mark")
+            write()
             ms = self.recorder.finish(entry, "ok")
-        log.info("marked %s as applied (not run)", mf.id)
-        return Ran(mf.id, "mark", mf.transactional, ms)
+        log.info("%s %s (bookkeeping only; nothing ran)", direction, mf.id)
+        return Ran(mf.id, direction, mf.transactional, ms)
 
     def _still_in(self, mf: MigrationFile, path: Path, stmt: Statement,
                   conn: psycopg.Connection, in_transaction: bool) -> None:

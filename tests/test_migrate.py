@@ -210,6 +210,31 @@ def test_edited_applied_migration_fails_verify_naming_the_file(created, posts_co
         assert "warning" in r.err and "0002_create_users.sql" in r.err
 
 
+def test_verify_accept_records_a_deliberate_edit(created, posts_copy):
+    """Flyway's repair: a comment fixed in an applied migration need not fail verify forever."""
+    app = created
+    m = ("--migrations", str(posts_copy))
+    assert app.cli("migrate", *m).code == 0
+    edited = posts_copy / "0002_create_users.sql"
+    edited.write_text("-- users: one row per account (comment fixed after the fact)\n"
+                      + edited.read_text())
+    assert app.cli("verify", *m).code == 11
+    for bad, why in (("0009_nope", "no migration file"), ("nonsense", "no migration file")):
+        r = app.cli("verify", "--accept", bad, *m)
+        assert r.code == 3 and why in r.err, r.output
+    r = app.cli("verify", "--accept", "0002_create_users", *m)
+    assert r.code == 0, r.output
+    assert "accepted 0002_create_users" in r.err and "match their files" in r.out
+    assert app.cli("verify", *m).code == 0
+    again = app.cli("verify", "--accept", "0002_create_users", *m)
+    assert again.code == 0 and "accepted" not in again.err  # nothing left to accept
+    assert rows(app, "SELECT direction, outcome FROM _dbkit_history WHERE direction = 'accept'"
+                ) == [("accept", "ok")]
+    assert app.cli("rollback", "--to", "0001_create_posts", *m).code == 0
+    r = app.cli("verify", "--accept", "0002_create_users", *m)  # not applied any more
+    assert r.code == 3 and "not applied" in r.err
+
+
 def test_renamed_and_deleted_applied_migrations_are_drift(created, posts_copy):
     app = created
     m = ("--migrations", str(posts_copy))

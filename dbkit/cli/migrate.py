@@ -136,13 +136,23 @@ def status(check: bool, migrations: str | None, as_json: bool) -> None:
 
 @cli.command()
 @_migrations_option
+@click.option("--accept", "accept", multiple=True, metavar="ID",
+              help="Record this applied migration's edited file as its version (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def verify(migrations: str | None, as_json: bool) -> None:
-    """Fail (exit 11) when an applied migration's file was edited, renamed or deleted."""
+def verify(migrations: str | None, accept: tuple[str, ...], as_json: bool) -> None:
+    """Fail (exit 11) when an applied migration's file was edited, renamed or deleted.
+
+    --accept ID records an applied migration's edited file as its version (Flyway's repair),
+    for a deliberate, harmless edit; nothing runs, and history records it."""
+    from dbkit import drift
     from dbkit import migrate as m
     from dbkit.errors import DriftDetected
 
-    report = m.status(settings(migrations=migrations))
+    s = settings(migrations=migrations)
+    if accept:
+        for mid in drift.accept(s, list(accept)):
+            click.echo(f"accepted {mid}: its file as it is now is the recorded version", err=True)
+    report = m.status(s)
     if report.drift:
         if as_json:  # the report on stdout for tools, the one-line error on stderr
             emit(report.as_dict(), True)
