@@ -536,3 +536,36 @@ def test_mark_applied_upgrades_a_history_table_made_before_it(created):
     r = app.cli("migrate", "--mark-applied", "--to", POSTS_IDS[1])
     assert r.code == 0, r.output
     assert applied_ids(app) == POSTS_IDS[:2]
+
+
+def test_dump_is_the_app_schema_stable_and_follows_the_migrations(created):
+    app = created
+    assert app.cli("migrate").code == 0
+    r = app.cli("dump")
+    assert r.code == 0, r.output
+    assert "CREATE TABLE public.posts" in r.out and "CREATE TABLE public.votes" in r.out
+    for bookkeeping in ("_yoyo_migration", "yoyo_lock", "_dbkit_history", "_dbkit_checksum"):
+        assert bookkeeping not in r.out
+    assert r.out.rstrip().endswith("\n".join(f"--   {i}" for i in POSTS_IDS))
+    assert "\\restrict" not in r.out and app.password not in r.output
+    first, second = app.cwd / "schema1.sql", app.cwd / "schema2.sql"
+    assert app.cli("dump", "--file", str(first)).code == 0
+    assert app.cli("dump", "--file", str(second)).code == 0
+    assert first.read_text() == second.read_text() == r.out  # stable: diffs mean changes
+    assert app.cli("rollback").code == 0
+    after = app.cli("dump").out
+    assert after != r.out and f"--   {POSTS_IDS[-1]}" not in after
+
+
+def test_dump_without_pg_dump_says_where_to_get_it(created, tmp_path):
+    app = created
+    assert app.cli("migrate").code == 0
+    bin_dir = tmp_path / "bin"  # initdb, pg_ctl and postgres, but no pg_dump
+    bin_dir.mkdir()
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (bin_dir / name).symlink_to(find_pg_bin() / name)
+    r = app.cli("dump", DBKIT_PG_BIN=str(bin_dir))
+    assert r.code == 15 and r.err.count("\n") == 1, r.output
+    assert "no pg_dump" in r.err and "DBKIT_PG_BIN" in r.err
+    r = app.cli("dump", "--file", str(tmp_path / "no" / "such" / "dir.sql"))
+    assert r.code == 3 and "cannot write" in r.err

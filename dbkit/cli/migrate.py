@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -161,6 +162,21 @@ def verify(migrations: str | None, accept: tuple[str, ...], as_json: bool) -> No
             + ", ".join(report.unverified)) if report.unverified else ""
     emit(report.as_dict(), as_json,
          f"ok: {len(report.applied)} applied migration(s) match their files{note}")
+
+
+@cli.command()
+@click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the SQL to this file (default: standard output).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def dump(file: Path | None, as_json: bool) -> None:
+    """The schema as SQL, for review and diffs: pg_dump --schema-only as the DATABASE_URL role,
+    without dbkit's and yoyo's bookkeeping tables, then the list of applied migrations."""
+    from dbkit import dump as d
+
+    result = d.dump(settings(), file)
+    text = (f"wrote {result.file} ({len(result.applied)} applied migration(s))" if result.file
+            else result.sql.rstrip("\n"))
+    emit(result.as_dict(), as_json, text)
 
 
 @cli.command("new")

@@ -115,6 +115,7 @@ def test_passwords_stay_out_of_log_output_and_argv(project):
         dbkit("status", **env2)
         dbkit("verify", **env2)
         dbkit("history", **env2)
+        dbkit("dump", **env2)  # pg_dump gets the password through its environment only
         dbkit("seed", **env2)
         dbkit("seed", "--users", "30", "--posts", "300", "--votes", "100", "--append", **env2)
         seed_dir = project / "seed-data"
