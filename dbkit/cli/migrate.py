@@ -197,7 +197,7 @@ def new(name: str, migrations: str | None, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the last N only.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable list.")
 def history(limit: int | None, as_json: bool) -> None:
-    """Every apply and rollback dbkit ran: who, where, when, how long, outcome."""
+    """Every apply, rollback, mark and accept dbkit ran: who, where, when, how long, outcome."""
     from dbkit.history import history as read_history
 
     entries = read_history(settings(), limit=limit)
