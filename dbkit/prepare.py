@@ -165,9 +165,15 @@ def _follow_local_server(settings: Settings, admin: DbURL, url: DbURL) -> DbURL 
     port = LocalServer(settings.data_path, settings.pg_bin).state().get("port")
     if port != admin.port or url.port == port:
         return None
-    written = read_env_file(settings.env_file).get("DATABASE_URL")
-    if written != settings.database_url:  # set elsewhere (environment, flags): not ours to edit
+    in_file = read_env_file(settings.env_file)
+    if in_file.get("DATABASE_URL") != settings.database_url:  # set elsewhere: not ours to edit
         return None
     moved = url.with_(port=port)
     update_env_file(settings.env_file, "DATABASE_URL", moved.render(reveal=True))
+    # The two-role app URL that create wrote beside it points at the same server: it moves
+    # too, or the application itself could no longer connect.
+    app = DbURL.parse(in_file["DBKIT_APP_URL"], "DBKIT_APP_URL") if "DBKIT_APP_URL" in in_file \
+        else None
+    if app and app.host == url.host and app.port == url.port:
+        update_env_file(settings.env_file, "DBKIT_APP_URL", app.with_(port=port).render(reveal=True))
     return moved

@@ -78,8 +78,11 @@ def test_commands_after_server_stop_say_how_to_start_it(project):
 def test_setup_follows_the_local_server_to_a_new_port(project):
     import socket
 
-    assert dbkit(project, "setup").returncode == 0
+    two_roles = {"DBKIT_APP_ROLE": "posts_app"}  # .env also holds the app role's URL
+    assert dbkit(project, "setup", **two_roles).returncode == 0
     url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+    app_url = DbURL.parse(read_env_file(project / ".env")["DBKIT_APP_URL"])
+    assert app_url.port == url.port
     before = counts(url)
     assert dbkit(project, "server", "stop").returncode == 0
     with socket.socket() as squatter:  # someone else took the port while the server was down
@@ -88,13 +91,16 @@ def test_setup_follows_the_local_server_to_a_new_port(project):
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", url.port))
         squatter.listen()
-        r = dbkit(project, "setup")
+        r = dbkit(project, "setup", **two_roles)
         assert r.returncode == 0, r.stderr
         assert "moved to port" in r.stdout
         new = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
         assert new.port != url.port and new.with_(port=url.port) == url
         assert counts(new) == before
-        again = dbkit(project, "setup")
+        moved_app = DbURL.parse(read_env_file(project / ".env")["DBKIT_APP_URL"])
+        assert moved_app == app_url.with_(port=new.port)
+        assert counts(moved_app) == before  # the application's own login follows too
+        again = dbkit(project, "setup", **two_roles)
         assert again.returncode == 0 and "nothing changed" in again.stdout
 
 
