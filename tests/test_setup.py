@@ -138,3 +138,19 @@ def test_parallel_first_setups_share_one_server_and_one_database(project):
             if line.startswith("DATABASE_URL=")} == {f"DATABASE_URL={url}"}
     assert counts(url) == "5,10,24"
     assert dbkit(project, "setup").stdout.count("nothing changed") == 1
+
+
+def test_env_example_copied_to_env_gives_a_working_setup(project):
+    """.env.example says 'copy it to .env': that must work as is, with nothing else configured,
+    and end with a generated password, not a shared placeholder."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).resolve().parent.parent / ".env.example", project / ".env")
+    r = dbkit(project, "setup")
+    assert r.returncode == 0, r.stderr
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+    assert url.password and len(url.password) >= 32
+    assert url.port == LocalServer(project / ".dbkit").state()["port"]
+    assert counts(url) == "5,10,24"
+    assert (project / ".env").read_text().count("# DBKIT_") >= 5  # the comments are kept
