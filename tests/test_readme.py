@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,3 +68,31 @@ def test_readme_lists_every_exit_code():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     listed = {int(m) for m in re.findall(r"^\| (\d+) \|", readme, flags=re.M)}
     assert listed == {code for code, _ in EXIT_CODES}
+
+
+def test_the_github_actions_example_runs_its_dbkit_steps(app, admin_conn):
+    """docs/github-actions.yml: its dbkit steps, with its env block, against a real server (the
+    service container's address swapped for the test server's; unique names instead of
+    'posts' so that parallel test runs cannot collide)."""
+    from helpers import clean_env
+
+    from dbkit.urls import DbURL
+
+    workflow = (REPO / "docs" / "github-actions.yml").read_text()
+    env = dict(re.findall(r"^      (\w+): (\S+)$", workflow, flags=re.M))
+    assert set(env) == {"DBKIT_ADMIN_URL", "DATABASE_URL", "DBKIT_ENV"}, env
+    steps = re.findall(r"^\s+(?:- )?run: (dbkit .+?)\s*(?:#.*)?$", workflow, flags=re.M)
+    assert steps == ["dbkit wait --timeout 60", "dbkit setup"], steps
+    given = DbURL.parse(env["DATABASE_URL"])
+    env["DBKIT_ADMIN_URL"] = app.pg.render(reveal=True)
+    env["DATABASE_URL"] = given.with_(host=app.pg.host, port=app.pg.port, user=app.role,
+                                      dbname=app.db).render(reveal=True)
+    for step in steps:
+        proc = subprocess.run([sys.executable, "-m", "dbkit", *step.split()[1:]], cwd=app.cwd,
+                              env=clean_env(**env), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (step, proc.stderr)
+        assert given.password not in proc.stdout + proc.stderr
+    import psycopg
+
+    with psycopg.connect(**DbURL.parse(env["DATABASE_URL"]).connect_kwargs()) as conn:
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 10  # set up, seeded
