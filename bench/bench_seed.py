@@ -64,7 +64,7 @@ def _run(admin: Any, tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]
     from psycopg import sql
 
     from dbkit import migrate, seed
-    from dbkit.seed_gen import Generator, Plan
+    from dbkit.seed.synthetic import Generator, Plan
     from dbkit.server import find_pg_bin
     from dbkit.settings import Settings
 

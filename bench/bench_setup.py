@@ -103,7 +103,7 @@ def main(runs: int = 7) -> list[dict[str, object]]:
     from psycopg import sql
 
     from dbkit import prepare
-    from dbkit.migrate import PACKAGED
+    from dbkit.migrate.files import packaged_dir
     from dbkit.server import find_pg_bin
     from dbkit.settings import Settings
 
@@ -210,7 +210,7 @@ def _migrate_posts(admin: Any, conn: Any, work: Path, bindir: Path, yoyo: str,
     from psycopg import sql
 
     from dbkit import migrate
-    from dbkit.migrate import PACKAGED
+    from dbkit.migrate.files import packaged_dir
     from dbkit.settings import Settings
 
     files = sorted(p for p in PACKAGED.glob("*.sql") if not p.name.endswith(".rollback.sql"))

@@ -57,7 +57,7 @@ def durable_cluster() -> Iterator[Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
-MIGRATIONS = REPO / "dbkit" / "migrations"
+MIGRATIONS = REPO / "migrations"
 
 CONFTEST = '''
 import json, os

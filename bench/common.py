@@ -69,7 +69,7 @@ def save(name: str, data: object) -> Path:
 @contextmanager
 def cluster(url: str | None = None) -> Iterator[object]:
     """A throwaway cluster (dbkit's own code) unless a URL is given; yields the admin DbURL."""
-    from dbkit.testing import throwaway_cluster
+    from cluster import throwaway_cluster
 
     with throwaway_cluster(url) as admin:
         yield admin

@@ -1,54 +1,66 @@
-"""Connections: one place that turns a DbURL into a psycopg connection and driver errors into
-dbkit's named errors, and that decides which server is the admin server."""
+"""Connections: the one place that turns a ``DbURL`` into a psycopg connection, the one place
+that turns psycopg's errors into dbkit's named errors, and the one wait for a server."""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from dbkit.errors import ConfigError, Conflict, ConnectError
+from dbkit.errors import (
+    ConfigError,
+    Conflict,
+    ConnectError,
+    DbkitError,
+    InvalidName,
+    LockTimeout,
+    PermissionDenied,
+    ServerRefused,
+    first_line,
+)
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg.abc import Params, Query
 
     from dbkit.settings import Settings
 
 log = logging.getLogger("dbkit")
 
 
-def connect(url: DbURL, settings: Settings, *, dbname: str | None = None,
-            autocommit: bool = False, timeout: float | None = None) -> psycopg.Connection:
+def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
+            timeout_ms: int | None = None) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection to ``url``; ConnectError (or ConfigError for a URL libpq refuses) if not."""
     import psycopg
 
-    kw = url.connect_kwargs(dbname)
-    kw.setdefault("connect_timeout", str(max(1, round(timeout or float(settings.connect_timeout)))))
+    kw = url.connect_kwargs()
+    seconds = max(1, -(-timeout_ms // 1000)) if timeout_ms else settings.connect_timeout_s
+    kw.setdefault("connect_timeout", str(seconds))
     kw.setdefault("application_name", "dbkit")
-    shown = url.with_(dbname=dbname or url.dbname,  # dbkit's own session label is noise here
-                      params=tuple(p for p in url.params if p[0] != "application_name"))
+    shown = url.with_(params=tuple(p for p in url.params if p[0] != "application_name"))
     log.debug("connecting to %s", shown)
     try:
         return psycopg.connect(autocommit=autocommit, **kw)
     except psycopg.OperationalError as exc:
         if _BAD_OPTION_VALUE.search(str(exc)):  # libpq refused the URL itself: no server involved
-            raise ConfigError(f"invalid connection option in {shown}: {_first_line(exc)}") from None
+            raise ConfigError(f"invalid connection option in {shown}: {first_line(exc)}") from None
         err = connect_error(exc, shown)
-        if "refused" in err.message.lower() and _local_server_stopped(settings):
+        if "refused" in err.message.lower() and _project_server_stopped(settings):
             err.hint = "this project's local server is stopped: run dbkit server start (or setup)"
         raise err from None
     except psycopg.ProgrammingError as exc:  # e.g. an unknown query parameter in the URL
-        raise ConfigError(f"invalid connection option in {shown}: {_first_line(exc)}") from None
+        raise ConfigError(f"invalid connection option in {shown}: {first_line(exc)}") from None
 
 
 _BAD_OPTION_VALUE = re.compile(r"invalid [a-z_]+ value")
 
 
 def connect_error(exc: Exception, url: DbURL) -> ConnectError:
-    text = _first_line(exc)
+    """Why a login failed, in words that say what to fix."""
+    text = first_line(exc)
     low = str(exc).lower()
     if "no password supplied" in low or (url.password is None and "password auth" in low):
         return ConnectError(f"no password for role {url.user!r} at {url}: the URL has none",
@@ -66,108 +78,128 @@ def connect_error(exc: Exception, url: DbURL) -> ConnectError:
     return ConnectError(f"cannot connect to {url}: {text}")
 
 
-def _first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # libpq puts the useful part after "connection failed: ... failed: "
-    text = lines[0] if lines else exc.__class__.__name__
-    return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
+def _project_server_stopped(settings: Settings) -> bool:
+    from dbkit.server import LocalServer
+
+    server = LocalServer(settings.data_dir, settings.pg_bin)
+    return server.initialized() and not server.running()
 
 
-def wait_for(url: DbURL, settings: Settings, timeout: float, dbname: str | None = None) -> float:
-    """Retry connecting until the server accepts connections; returns seconds waited."""
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            connect(url, settings, dbname=dbname, autocommit=True,
-                    timeout=max(1.0, min(left, 5.0))).close()
-            return time.monotonic() - start
-        except ConnectError as exc:
-            if time.monotonic() + 0.2 >= deadline:
-                raise ConnectError(f"{exc.message} (gave up after {timeout:g}s)",
-                                   hint=exc.hint) from None
-            time.sleep(0.2)
+# -- the one translator ---------------------------------------------------------------------
+# SQLSTATE -> what it means for the user. Exact codes first, then their class (first two
+# characters). Anything else the server refuses is ServerRefused (exit 18): expected refusals
+# never look like a bug (exit 1).
+_BY_CODE: dict[str, type[DbkitError]] = {
+    "42501": PermissionDenied,  # insufficient_privilege
+    "55P03": LockTimeout,  # lock_not_available: lock_timeout ran out
+    "55006": Conflict,  # object_in_use: open sessions
+    "42P04": Conflict,  # duplicate_database
+    "42710": Conflict,  # duplicate_object (a role made meanwhile)
+    "2BP01": Conflict,  # dependent_objects_still_exist
+    "40001": Conflict,  # serialization_failure
+    "40P01": Conflict,  # deadlock_detected
+    "3D000": ConnectError,  # invalid_catalog_name: the database went away
+    "53300": ConnectError,  # too_many_connections
+    "57P01": ConnectError,  # admin_shutdown
+    "57P02": ConnectError,  # crash_shutdown
+    "57P03": ConnectError,  # cannot_connect_now
+    "42939": InvalidName,  # reserved_name
+}
+_BY_CLASS: dict[str, type[DbkitError]] = {
+    "08": ConnectError,  # connection exceptions
+    "28": ConnectError,  # invalid authorization
+    "23": Conflict,  # integrity constraint violations
+}
 
 
-LOCK_CLASS = 0x64626B74  # "dbkt": dbkit's advisory-lock class (objids: 1 migrations, others here)
-
-
-@contextmanager
-def admin_lock(admin: DbURL, settings: Settings, key: str, what: str) -> Iterator[None]:
-    """Serialise ``what`` across processes: a transaction-level advisory lock on a connection
-    of its own, so it ends with this process whatever happens, even behind a pooler (a session
-    lock can stay behind with a pooled server connection). Waits up to 2 minutes."""
+def error_class(exc: BaseException, *, within: type[DbkitError] | None = None,
+                data: type[DbkitError] | None = None) -> type[DbkitError]:
+    """Which of dbkit's errors ``exc`` is (see ``translate`` for ``within`` and ``data``)."""
     import psycopg
 
-    with connect(admin, settings) as conn:
-        conn.execute("SET LOCAL lock_timeout = '120s'")
-        try:
-            conn.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (LOCK_CLASS, key))
-        except psycopg.errors.LockNotAvailable:
-            raise Conflict(f"another dbkit {what} has been running for 2 minutes",
-                           hint=f"wait for it to finish, or stop it, then {what} again") from None
-        yield  # the transaction stays open (and idle) until the work is done
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == "55P03":
+        return LockTimeout
+    if within is not None:
+        return within
+    if not state:
+        if isinstance(exc, psycopg.OperationalError):
+            return ConnectError  # the connection broke: no server verdict
+        if isinstance(exc, psycopg.InterfaceError | psycopg.ProgrammingError):
+            return ConfigError
+        return ServerRefused
+    if data is not None and state.startswith("22"):
+        return data
+    return _BY_CODE.get(state) or _BY_CLASS.get(state[:2]) or ServerRefused
 
 
-def away_from(admin: DbURL, db: str) -> DbURL:
-    """The admin URL, moved to the maintenance database when it names ``db`` itself: a
-    database cannot be dropped or renamed from a session inside it."""
-    return admin.with_(dbname="postgres") if admin.dbname == db else admin
+def describe(exc: BaseException) -> str:
+    """The server's message (and its detail), else the driver's first line."""
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    if not primary:
+        return first_line(exc)
+    detail = diag.message_detail if diag is not None else None
+    return f"{primary} ({detail})" if detail else primary
 
 
-def admin_url(settings: Settings, start_local: bool = True) -> DbURL:
-    """The admin server, in the documented order: --local, DBKIT_ADMIN_URL, PG* variables,
-    this project's local server if it has one, whatever answers at libpq's defaults, then a
-    new local server."""
-    if settings.local:
-        return local_admin_url(settings)
-    configured = settings.admin()
-    if configured:
-        return configured.with_(dbname=configured.dbname or "postgres")
-    if settings.pg_env:
-        env = settings.pg_env
-        return DbURL(user=env.get("PGUSER"), password=env.get("PGPASSWORD"),
-                     host=env.get("PGHOST"), port=int(env["PGPORT"]) if env.get("PGPORT") else None,
-                     dbname=env.get("PGDATABASE", "postgres"))
-    if local_server_exists(settings):
-        # This project already has its own server: keep using it rather than switching to
-        # whatever may answer at libpq's defaults later (and skip the probe).
-        return local_admin_url(settings)
-    defaults = DbURL(dbname="postgres")
-    try:
-        connect(defaults, settings, autocommit=True, timeout=2).close()
-        return defaults
-    except ConnectError as exc:
-        low = exc.message.lower()
-        nothing_there = ("refused" in low or "no such file" in low or "timeout" in low
-                         or "could not translate" in low)
-        if not nothing_there or not start_local:
-            raise ConnectError(f"a server answers at the libpq defaults but: {exc.message}",
-                               hint="set DBKIT_ADMIN_URL, or pass --local for dbkit's own "
-                               "server") from None
-    return local_admin_url(settings)
+def translate(exc: BaseException, doing: str, *, within: type[DbkitError] | None = None,
+              data: type[DbkitError] | None = None,
+              hints: Mapping[type[DbkitError], str] | None = None) -> DbkitError:
+    """psycopg's ``exc`` as one of dbkit's named errors: ``"<doing>: <the server's message>"``.
+
+    ``within``: the operation runs the user's own statements (a migration), so any failure is
+    that error, except a lock timeout (exit 9 says "retry later"). ``data``: the error for
+    invalid values (SQLSTATE class 22), e.g. bad seed input. ``hints`` overrides the hint of a
+    kind with one that fits the operation.
+    """
+    kind = error_class(exc, within=within, data=data)
+    message = describe(exc)
+    if kind is ConnectError and not getattr(exc, "sqlstate", None):
+        message = f"lost the connection to the server: {message}"
+    return kind(f"{doing}: {message}", hint=(hints or {}).get(kind))
 
 
-def _local_server_stopped(settings: Settings) -> bool:
-    return local_server_exists(settings) and not local_server_running(settings)
+# -- small helpers --------------------------------------------------------------------------
+def value(conn: psycopg.Connection[Any], query: Query, params: Params | None = None) -> Any:
+    """The first column of the one row ``query`` returns (an aggregate, an EXISTS, ...)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, "the query returns exactly one row"
+    return row[0]
 
 
-def local_server_running(settings: Settings) -> bool:
-    from dbkit.server import LocalServer
-
-    return local_server_exists(settings) and LocalServer(settings.data_path,
-                                                         settings.pg_bin).running()
-
-
-def local_server_exists(settings: Settings) -> bool:
-    return (settings.data_path / "pgdata" / "PG_VERSION").exists()
+def row(conn: psycopg.Connection[Any], query: Query, params: Params | None = None
+        ) -> tuple[Any, ...]:
+    """The one row ``query`` returns."""
+    found = conn.execute(query, params).fetchone()
+    assert found is not None, "the query returns exactly one row"
+    return tuple(found)
 
 
-def local_admin_url(settings: Settings) -> DbURL:
-    from dbkit.server import LocalServer
+# -- the one wait ---------------------------------------------------------------------------
+def wait_ready(url: DbURL, settings: Settings, timeout_ms: int) -> float:
+    """Return (seconds waited) as soon as the server at ``url`` accepts connections, like
+    pg_isready: no login is needed, so a wrong password is the next step's error, not a wait."""
+    import psycopg
+    from psycopg import pq
 
-    server = LocalServer(settings.data_path, settings.pg_bin)
-    if server.start():
-        log.info("started dbkit's local PostgreSQL in %s", settings.data_path)
-    return server.admin_url()
+    start = time.monotonic()
+    deadline = start + timeout_ms / 1000
+    kw = url.connect_kwargs()
+    last = "no response"
+    while True:
+        left = deadline - time.monotonic()
+        kw["connect_timeout"] = str(max(2, min(int(left) + 1, settings.connect_timeout_s)))
+        status = pq.PGconn.ping(psycopg.conninfo.make_conninfo(**kw).encode())
+        if status == pq.Ping.OK:
+            return round(time.monotonic() - start, 3)
+        if status == pq.Ping.NO_ATTEMPT:
+            raise ConfigError(f"cannot try to connect to {url}: invalid connection parameters")
+        last = ("the server is starting up or shutting down" if status == pq.Ping.REJECT
+                else "no response")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ConnectError(f"server at {url} did not accept connections within "
+                               f"{timeout_ms / 1000:g}s ({last})",
+                               hint="check the host/port and that the server is running")
+        time.sleep(min(0.1, left))  # the last attempt lands on the deadline

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dbkit.db import connect, describe
 from dbkit.errors import DbkitError
+from dbkit.migrate import commands as migrations
 
 if TYPE_CHECKING:
     import psycopg
 
-    from dbkit.settings import Settings
+    from dbkit.settings import Settings, Target
     from dbkit.urls import DbURL
 
 log = logging.getLogger("dbkit")
@@ -60,26 +62,33 @@ class Report:
 
 @dataclass
 class _Ctx:
-    settings: Settings
-    url: DbURL
-    app: psycopg.Connection | None = None
-    admin: psycopg.Connection | None = None
+    target: Target
+    app: psycopg.Connection[Any] | None = None
+    admin: psycopg.Connection[Any] | None = None
     admin_problem: str = ""
     long_tx_s: float = 300.0
 
+    @property
+    def settings(self) -> Settings:
+        return self.target.settings
 
-def run(settings: Settings, *, long_transaction_s: float = 300.0) -> Report:
-    """Run every check; never raises for a failed check (only for unusable settings)."""
-    from dbkit.db import connect
+    @property
+    def url(self) -> DbURL:
+        return self.target.url
 
-    url = settings.app_url()
-    ctx = _Ctx(settings, url, long_tx_s=long_transaction_s)
+
+def run(target: Target, admin: DbURL | None, admin_problem: str = "", *,
+        long_transaction_s: float = 300.0) -> Report:
+    """Run every check; never raises for a failed check (only for unusable settings).
+    ``admin`` is the admin server when there is one to use (see ``dbkit.admin.for_diagnosis``),
+    else None and ``admin_problem`` says why."""
+    ctx = _Ctx(target, long_tx_s=long_transaction_s)
     report = Report()
     try:
-        ctx.app = connect(url, settings, autocommit=True)
+        ctx.app = connect(target.url, target.settings, autocommit=True)
     except DbkitError as exc:
         report.checks.append(Check("server", FAIL, exc.message, exc.hint))
-    ctx.admin, ctx.admin_problem = _admin_connection(settings)
+    ctx.admin, ctx.admin_problem = _admin_connection(target.settings, admin, admin_problem)
     try:
         for check in CHECKS:
             if ctx.app is None and check is not _check_admin_role:
@@ -103,19 +112,15 @@ def _run_one(check: Callable[[_Ctx], Check], ctx: _Ctx) -> Check:
     except DbkitError as exc:
         return Check(_name(check), FAIL, exc.message, exc.hint)
     except psycopg.Error as exc:
-        return Check(_name(check), FAIL, _first(exc))
+        return Check(_name(check), FAIL, describe(exc))
 
 
-def _admin_connection(settings: Settings) -> tuple[psycopg.Connection | None, str]:
-    from dbkit.db import admin_url, connect, local_server_running
-
-    # a diagnosis never starts a server: the project's own one counts only while it runs
-    if not (settings.admin_url or settings.pg_env or settings.local
-            or local_server_running(settings)):
-        return None, "no admin connection configured (DBKIT_ADMIN_URL)"
+def _admin_connection(settings: Settings, admin: DbURL | None, problem: str
+                      ) -> tuple[psycopg.Connection[Any] | None, str]:
+    if admin is None:
+        return None, problem or "no admin connection configured (DBKIT_ADMIN_URL)"
     try:
-        return connect(admin_url(settings, start_local=settings.local), settings,
-                       autocommit=True), ""
+        return connect(admin, settings, autocommit=True), ""
     except DbkitError as exc:
         return None, f"admin connection failed: {exc.message}"
 
@@ -181,13 +186,13 @@ def _hba_method(ctx: _Ctx) -> str | None:
         except psycopg.errors.InsufficientPrivilege:
             continue
         for typ, dbs, users, address, mask, method in rows:
-            if _hba_matches(typ, dbs, users, address, mask, client, ssl, ctx.url, groups):
+            if hba_matches(typ, dbs, users, address, mask, client, ssl, ctx.url, groups):
                 return str(method)
         return None
     return None
 
 
-def _hba_matches(typ: str, dbs: list[str], users: list[str], address: str | None,
+def hba_matches(typ: str, dbs: list[str], users: list[str], address: str | None,
                  mask: str | None, client: str | None, ssl: bool, url: DbURL,
                  groups: set[str]) -> bool:
     if client is None:
@@ -287,9 +292,7 @@ def _check_public_connect(ctx: _Ctx) -> Check:
 
 
 def _check_pending_migrations(ctx: _Ctx) -> Check:
-    from dbkit import migrate
-
-    ids = list(migrate.pending_ids(ctx.settings))
+    ids = migrations.pending_ids(ctx.target)
     if ids:
         shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
         return Check("pending-migrations", WARN, f"{len(ids)} pending: {shown}", "run dbkit migrate")
@@ -297,11 +300,9 @@ def _check_pending_migrations(ctx: _Ctx) -> Check:
 
 
 def _check_drift(ctx: _Ctx) -> Check:
-    from dbkit import migrate
-
-    drift = _get(migrate.status(ctx.settings), "drift") or []
+    drift = migrations.status(ctx.target).drift
     if drift:
-        shown = "; ".join(_describe(d) for d in drift[:3])
+        shown = "; ".join(d.detail for d in drift[:3])
         return Check("drift", FAIL, f"{len(drift)} applied migration(s) changed: {shown}",
                      "restore the original files; write a new migration for new changes")
     return Check("drift", PASS, "applied migrations match their files")
@@ -361,7 +362,7 @@ def _check_invalid_indexes(ctx: _Ctx) -> Check:
 def _check_pooler(ctx: _Ctx) -> Check:
     assert ctx.app is not None
     server_port = int(ctx.app.execute("SELECT current_setting('port')").fetchone()[0])
-    url_port = ctx.url.port or int(ctx.settings.pg_env.get("PGPORT", 5432))
+    url_port = ctx.url.port or int(ctx.settings.pg_env.get("PGPORT", "5432"))
     if url_port == server_port:
         return Check("pooler", PASS, "DATABASE_URL reaches PostgreSQL directly")
     if ctx.settings.migrate_url:
@@ -374,19 +375,6 @@ def _check_pooler(ctx: _Ctx) -> Check:
 
 def _is_local(url: DbURL) -> bool:
     return not url.host or url.host.startswith("/") or url.host in LOCAL_HOSTS
-
-
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
-
-def _describe(item: Any) -> str:
-    detail = _get(item, "detail")
-    return str(detail) if detail else str(item)
-
-
-def _first(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 def _name(check: Callable[[_Ctx], Check]) -> str:

@@ -1,7 +1,8 @@
 """One exception family. Each kind carries its exit code and a one-line hint.
 
-The CLI maps these to output and exit status in one place (``dbkit.cli.main``);
-library callers can catch ``DbkitError`` or a specific kind.
+The CLI maps these to output and exit status in one place (``dbkit.cli.run``); driver errors
+become these in one place too (``dbkit.db.translate``). Library callers can catch ``DbkitError``
+or a specific kind. Exit code 1 is kept for bugs: anything dbkit did not raise on purpose.
 """
 
 from __future__ import annotations
@@ -132,6 +133,20 @@ class CheckFailed(DbkitError):
     hint = "fix the failing checks listed above"
 
 
+class ServerRefused(DbkitError):
+    """The server refused the operation for another reason (its message says which)."""
+
+    exit_code = 18
+    hint = "the server's message says what it needs; nothing was left half-done"
+
+
+def first_line(exc: BaseException) -> str:
+    """The useful first line of an exception's text (libpq puts it after its last 'failed: ')."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else exc.__class__.__name__
+    return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
+
+
 # For README and --help: (code, meaning), generated from the classes so they cannot drift.
 EXIT_CODES: list[tuple[int, str]] = [(0, "success"), (1, "unexpected error (use --debug)"),
                                      (2, "usage error (bad option or argument)")] + sorted(
@@ -139,6 +154,6 @@ EXIT_CODES: list[tuple[int, str]] = [(0, "success"), (1, "unexpected error (use 
         (cls.exit_code, (cls.__doc__ or "").strip().splitlines()[0])
         for cls in (ConfigError, ConnectError, PermissionDenied, InvalidName, Conflict,
                     MigrationError, LockTimeout, PendingMigrations, DriftDetected, LintFindings,
-                    SchemaNotReady, DataError, ServerError, Refused, CheckFailed)
+                    SchemaNotReady, DataError, ServerError, Refused, CheckFailed, ServerRefused)
     }
 ) + [(130, "interrupted (Ctrl-C)"), (143, "terminated (SIGTERM); begun work undone first")]

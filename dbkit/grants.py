@@ -1,43 +1,41 @@
 """The privileges inside an application database: schema ownership, PUBLIC's CREATE, and the
-app role's grants (now and for future objects). Read from the catalog so a converged database
-plans nothing; used by ``dbkit.provision``."""
+app role's grants (now and for future objects). Read from the catalog, so a converged database
+needs nothing; ``dbkit.provision`` turns what is missing into steps of its plan."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from dbkit import pg
+from dbkit.db import row, value
 
 if TYPE_CHECKING:
     import psycopg
-
-    from dbkit.provision import Plan
-
-
-def role_info(conn: psycopg.Connection, role: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication"
-        " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-    if row is None:
-        return None
-    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication")
-    return dict(zip(keys, row, strict=True))
-
-
-def plan_inside(plan: Plan, target: psycopg.Connection | None, add: Any) -> None:
-    """Steps inside the new database: schema ownership, PUBLIC's CREATE, the app role's grants."""
     from psycopg import sql
 
-    R = sql.Identifier(plan.role)
-    state: dict[str, Any] = {"owner": None, "public_create": True, "app": {}}
-    if target is not None:
-        state = inside_state(target, plan)
-    if state["owner"] != plan.role:
-        add(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(R), where="target")
+
+class Grant(NamedTuple):
+    sql: sql.Composable
+    where: str  # "admin" (any database of the server) or "target" (inside the database)
+
+
+def missing(target: psycopg.Connection[Any] | None, *, database: str, owner: str,
+            app_role: str | None) -> list[Grant]:
+    """What the database lacks; ``target`` is an admin connection inside it, or None for a
+    database that is new (or closed to connections): then everything, each step idempotent."""
+    from psycopg import sql
+
+    state = _state(target, owner, app_role) if target is not None else {
+        "owner": None, "public_create": True, "app": {}}
+    handover, revoke = pg.own_public_schema_sql(owner)
+    out: list[Grant] = []
+    if state["owner"] != owner:
+        out.append(Grant(handover, "target"))
     if state["public_create"]:
-        add(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"), where="target")
-    if not plan.app_role:
-        return
-    A, D = sql.Identifier(plan.app_role), sql.Identifier(plan.database)
-    app = state["app"]
+        out.append(Grant(revoke, "target"))
+    if not app_role:
+        return out
+    R, A, D = sql.Identifier(owner), sql.Identifier(app_role), sql.Identifier(database)
     wanted = [
         ("connect", sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(D, A), "admin"),
         ("usage", sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(A), "target"),
@@ -52,40 +50,38 @@ def plan_inside(plan: Plan, target: psycopg.Connection | None, add: Any) -> None
                                       " GRANT USAGE, SELECT ON SEQUENCES TO {}").format(R, A),
          "target"),
     ]
-    for key, stmt, where in wanted:
-        if not app.get(key):
-            add(stmt, where=where)
+    app = state["app"]
+    return out + [Grant(stmt, where) for key, stmt, where in wanted if not app.get(key)]
 
 
-def inside_state(target: psycopg.Connection, plan: Plan) -> dict[str, Any]:
-    row = target.execute(
+def _state(target: psycopg.Connection[Any], owner: str, app_role: str | None) -> dict[str, Any]:
+    found = target.execute(
         "SELECT pg_get_userbyid(nspowner),"
         " nspacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(nspacl) a"
         "   WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')"
         " FROM pg_namespace WHERE nspname = 'public'").fetchone()
-    if row is None:
+    if found is None:
         return {"owner": None, "public_create": False, "app": {}}
     app: dict[str, bool] = {}
-    if plan.app_role and role_info(target, plan.app_role):
-        a, r = plan.app_role, plan.role
-        app["connect"] = target.execute(
-            "SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (a,)).fetchone()[0]
-        app["usage"] = target.execute(
-            "SELECT has_schema_privilege(%s, 'public', 'USAGE')", (a,)).fetchone()[0]
-        app["tables"] = target.execute(
-            "SELECT bool_and(has_table_privilege(%s, c.oid, 'SELECT,INSERT,UPDATE,DELETE'))"
-            " IS NOT FALSE FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-            " AND c.relkind IN ('r', 'p', 'v')", (a,)).fetchone()[0]
-        app["sequences"] = target.execute(
-            "SELECT bool_and(has_sequence_privilege(%s, c.oid, 'USAGE,SELECT')) IS NOT FALSE"
-            " FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'",
-            (a,)).fetchone()[0]
+    if app_role and value(target, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)",
+                          (app_role,)):
+        a, r = app_role, owner
+        app["connect"], app["usage"], app["tables"], app["sequences"] = row(
+            target,
+            "SELECT has_database_privilege(%(a)s, current_database(), 'CONNECT'),"
+            " has_schema_privilege(%(a)s, 'public', 'USAGE'),"
+            " (SELECT bool_and(has_table_privilege(%(a)s, c.oid, 'SELECT,INSERT,UPDATE,DELETE'))"
+            "  IS NOT FALSE FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
+            "  AND c.relkind IN ('r', 'p', 'v')),"
+            " (SELECT bool_and(has_sequence_privilege(%(a)s, c.oid, 'USAGE,SELECT')) IS NOT FALSE"
+            "  FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S')",
+            {"a": a})
         for key, objtype in (("default_tables", "r"), ("default_sequences", "S")):
-            app[key] = target.execute(
+            app[key] = value(
+                target,
                 "SELECT EXISTS (SELECT 1 FROM pg_default_acl d, aclexplode(d.defaclacl) x"
                 " WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = %s)"
                 " AND d.defaclnamespace = 'public'::regnamespace AND d.defaclobjtype = %s"
                 " AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s))",
-                (r, objtype, a)).fetchone()[0]
-    return {"owner": row[0], "public_create": row[1], "app": app}
-
+                (r, objtype, a))
+    return {"owner": found[0], "public_create": found[1], "app": app}

@@ -15,21 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import admin_lock, admin_url, away_from, connect
-from dbkit.errors import Conflict, DbkitError, InvalidName, PermissionDenied, Refused
-from dbkit.grants import plan_inside, role_info
+from dbkit import envfile, grants, pg
+from dbkit.admin import maintenance
+from dbkit.db import connect, row, translate
+from dbkit.errors import Conflict, InvalidName, PermissionDenied, Refused
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-    from dbkit.settings import Settings
+    from dbkit.settings import Settings, Target
 
 log = logging.getLogger("dbkit")
 
 RESERVED_DATABASES = {"postgres", "template0", "template1"}
 RESERVED_ROLES = {"postgres", "public", "none", "current_user", "session_user", "current_role"}
+OpenTarget = Callable[[str], "psycopg.Connection[Any]"]
 
 
 @dataclass
@@ -67,9 +69,14 @@ class Result:
     url: str  # masked
     env_file: str | None = None
     printed_url: str | None = None  # only with --print-url (carries the password)
+    # The URL with the password this run generated (or that the role already had in the URL):
+    # for the next steps of setup/reset, never printed.
+    login: DbURL | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None or k == "app_role"}
+        skip = {"login"}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in skip and (v is not None or k == "app_role")}
 
 
 def check_name(name: str | None, kind: str) -> str:
@@ -90,25 +97,29 @@ def check_name(name: str | None, kind: str) -> str:
     return name
 
 
-def _check_admin(conn: psycopg.Connection, need_createdb: bool) -> None:
-    sup, createrole, createdb = conn.execute(
-        "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    missing = [p for p, ok in (("CREATEROLE", createrole), ("CREATEDB", createdb or not need_createdb))
-               if not (sup or ok)]
+def check_admin(conn: psycopg.Connection[Any]) -> None:
+    """The admin may create roles and databases (a superuser, or CREATEROLE + CREATEDB)."""
+    sup, createrole, createdb = row(
+        conn, "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
+        " WHERE rolname = current_user")
+    missing = [p for p, ok in (("CREATEROLE", createrole), ("CREATEDB", createdb)) if not (sup or ok)]
     if missing:
         raise PermissionDenied(f"the admin role lacks {' and '.join(missing)}",
                                hint="use a superuser or a role WITH CREATEROLE CREATEDB "
                                "in DBKIT_ADMIN_URL")
 
 
-def _verifier(conn: psycopg.Connection, role: str, password: str) -> str:
-    # libpq computes the SCRAM-SHA-256 verifier locally; the server only ever sees the hash.
-    return conn.pgconn.encrypt_password(password.encode(), role.encode(),
-                                        b"scram-sha-256").decode()
+def role_info(conn: psycopg.Connection[Any], role: str) -> dict[str, Any] | None:
+    found = conn.execute(
+        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication"
+        " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if found is None:
+        return None
+    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication")
+    return dict(zip(keys, found, strict=True))
 
 
-def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str], Any], *,
+def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarget, *,
                 app_role: str | None = None, password: str | None = None, rotate: bool = False,
                 connection_limit: int | None = None) -> Plan:
     """Statements that bring the cluster to the goal from its current state.
@@ -116,8 +127,6 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
     ``open_target(dbname)`` opens an admin connection to the target database, needed only when
     it exists already (to read schema ownership and grants inside it).
     """
-    from psycopg import sql
-
     db = check_name(url.dbname, "database")
     role = check_name(url.user, "role")
     if app_role is not None:
@@ -125,23 +134,18 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
         if app_role == role:
             raise InvalidName("the app role must differ from the owner role in DATABASE_URL")
     plan = Plan(database=db, role=role, app_role=app_role)
-    R, D = sql.Identifier(role), sql.Identifier(db)
 
-    def add(stmt: sql.Composable, *, shown: sql.Composable | None = None, **kw: Any) -> None:
-        plan.steps.append(Step(stmt, (shown or stmt).as_string(conn), **kw))
+    def add(stmt: sql.Composable, shown: str | None = None, **kw: Any) -> None:
+        plan.steps.append(Step(stmt, shown or stmt.as_string(conn), **kw))
 
     for name, is_app in ((role, False), (app_role, True)):
         if name is None:
             continue
         info = role_info(conn, name)
-        ident = sql.Identifier(name)
         if info and info["super"]:
             raise InvalidName(f"role {name!r} is a superuser; dbkit will not hand it an "
                               "application database", hint="name a dedicated role")
-        attrs = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION")
-        limit = (connection_limit if not is_app else None)
-        if limit is not None:
-            attrs = sql.SQL("{} CONNECTION LIMIT {}").format(attrs, sql.Literal(limit))
+        limit = connection_limit if not is_app else None
         new_pw: str | None = None
         if info is None or rotate:
             given = password if not is_app else None
@@ -153,47 +157,37 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
                     plan.password = new_pw
             elif rotate and not is_app:
                 plan.password = given
-        pw_sql = sql.SQL("")
-        pw_shown = sql.SQL("")
-        if new_pw is not None:
-            pw_sql = sql.SQL(" PASSWORD {}").format(sql.Literal(_verifier(conn, name, new_pw)))
-            pw_shown = sql.SQL(" PASSWORD '***'")
         if info is None:
             plan.will_create.append(f"role {name}")
-            add(sql.SQL("CREATE ROLE {} {}{}").format(ident, attrs, pw_sql),
-                shown=sql.SQL("CREATE ROLE {} {}{}").format(ident, attrs, pw_shown),
-                undo=sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+            stmt = pg.role_statement(conn, name, exists=False, password=new_pw,
+                                     connection_limit=limit)
+            add(stmt.sql, stmt.shown, undo=pg.drop_role_sql(name, if_exists=True))
             continue
         plan.existed.append(f"role {name}")
         drift = (not info["login"] or info["createdb"] or info["createrole"]
                  or info["replication"] or (limit is not None and info["connlimit"] != limit))
         if drift or new_pw is not None:
-            add(sql.SQL("ALTER ROLE {} {}{}").format(ident, attrs, pw_sql),
-                shown=sql.SQL("ALTER ROLE {} {}{}").format(ident, attrs, pw_shown))
+            stmt = pg.role_statement(conn, name, exists=True, password=new_pw,
+                                     connection_limit=limit)
+            add(stmt.sql, stmt.shown)
 
-    # A non-superuser admin (CREATEROLE + CREATEDB, as on managed services) must be a member
-    # of the owner role to create a database owned by it and to set defaults for it.
-    admin_super, member = conn.execute(
-        "SELECT rolsuper, EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = %s"
-        " AND pg_has_role(current_user, r.oid, 'MEMBER')) FROM pg_roles"
-        " WHERE rolname = current_user", (role,)).fetchone()
-    if not admin_super and not member:
-        add(sql.SQL("GRANT {} TO CURRENT_USER").format(R))
+    if not pg.admin_is_member(conn, role):
+        add(pg.grant_to_admin_sql(role))
 
-    row = conn.execute(
+    found = conn.execute(
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding),"
         " datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0),"
         " datallowconn FROM pg_database WHERE datname = %s", (db,)).fetchone()
-    if row is None:
-        enc = conn.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database"
-                           " WHERE datname = 'template1'").fetchone()[0]
-        tail = sql.SQL("" if enc == "UTF8" else " TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    if found is None:
+        from psycopg import sql
+
         plan.will_create.append(f"database {db}")
-        add(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'{}").format(D, R, tail),
-            transactional=False, undo=sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(D))
-        public_open = True
+        add(pg.create_database_sql(conn, db, role), transactional=False,
+            undo=pg.drop_database_sql(db))
+        add(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        needed = grants.missing(None, database=db, owner=role, app_role=app_role)
     else:
-        owner, encoding, public_open, allow_connections = row
+        owner, encoding, public_open, allow_connections = found
         if owner != role:
             raise Conflict(f"database {db!r} exists and is owned by {owner!r}, not {role!r}",
                            hint="dbkit will not take it over: drop it, or name another database")
@@ -202,18 +196,22 @@ def plan_create(conn: psycopg.Connection, url: DbURL, open_target: Callable[[str
                            hint="drop it (dbkit drop) and run dbkit create again")
         plan.existed.append(f"database {db}")
         if not allow_connections:  # e.g. left so by a reset killed while it was swapping
-            add(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(D))
-    if public_open:
-        add(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(D))
-    if row is None or not row[3]:  # new, or not open to look inside: plan every (idempotent) step
-        plan_inside(plan, None, add)
-    else:
-        with open_target(db) as target:
-            plan_inside(plan, target, add)
+            add(pg.allow_connections_sql(db, True))
+        if public_open:
+            from psycopg import sql
+
+            add(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        if allow_connections:
+            with open_target(db) as target:
+                needed = grants.missing(target, database=db, owner=role, app_role=app_role)
+        else:  # not open to look inside: plan every (idempotent) step
+            needed = grants.missing(None, database=db, owner=role, app_role=app_role)
+    for grant in needed:
+        add(grant.sql, where=grant.where)
     return plan
 
 
-def apply(plan: Plan, admin: psycopg.Connection, open_target: Callable[[str], Any]) -> None:
+def apply(plan: Plan, admin: psycopg.Connection[Any], open_target: OpenTarget) -> None:
     """Run the plan. On failure, undo what this run created, then re-raise."""
     import psycopg
 
@@ -237,18 +235,17 @@ def apply(plan: Plan, admin: psycopg.Connection, open_target: Callable[[str], An
             target.close()
             target = None
         _undo(admin, done)
-        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            raise PermissionDenied(f"permission denied: {exc.diag.message_primary}") from None
         if isinstance(exc, psycopg.Error):
-            raise DbkitError(f"provisioning failed: {exc.diag.message_primary or exc}",
-                             hint="nothing was left behind; fix the cause and retry") from None
+            raise translate(exc, f"cannot provision database {plan.database!r}", hints={
+                PermissionDenied: "use a superuser or a role WITH CREATEROLE CREATEDB in "
+                "DBKIT_ADMIN_URL; nothing was left behind"}) from None
         raise
     finally:
         if target is not None:
             target.close()
 
 
-def _undo(admin: psycopg.Connection, done: list[Step]) -> None:
+def _undo(admin: psycopg.Connection[Any], done: list[Step]) -> None:
     for step in reversed(done):
         if step.undo is not None:
             try:
@@ -257,80 +254,87 @@ def _undo(admin: psycopg.Connection, done: list[Step]) -> None:
                 log.warning("could not undo %s: %s", step.shown, exc)
 
 
-def _open_target_factory(settings: Settings, url: DbURL) -> Callable[[str], Any]:
-    return lambda db: connect(url, settings, dbname=db)
-
-
-def create(settings: Settings, *, dry_run: bool = False, password: str | None = None,
+def create(target: Target, admin: DbURL, *, dry_run: bool = False, password: str | None = None,
            rotate: bool = False, connection_limit: int | None = None, print_url: bool = False,
-           write_env: bool = True, app_url: DbURL | None = None,
-           admin: DbURL | None = None) -> Result:
-    """Create (or converge) the role and database named in DATABASE_URL."""
-    from dbkit.settings import update_env_file
-
-    admin = admin or admin_url(settings)
-    url = app_url or settings.app_url()
+           write_env: bool = True) -> Result:
+    """Create (or converge) the role and database of ``target`` on the ``admin`` server."""
+    settings = target.settings
+    url = target.url
     if password is not None and url.password is not None and password != url.password:
         raise Refused("a password was given both in DATABASE_URL and on standard input",
                       hint="give it in one place only")
     given = password or url.password
     app_role = settings.app_role
-    open_target = _open_target_factory(settings, admin)
+
+    def open_target(db: str) -> psycopg.Connection[Any]:
+        return connect(admin.with_(dbname=db), settings)
+
     # Plan and apply under one lock: two setups at once would both plan CREATE ROLE.
-    serial = contextlib.nullcontext() if dry_run else admin_lock(admin, settings, "provision",
-                                                                 "create")
+    serial = (contextlib.nullcontext() if dry_run
+              else pg.serialised(admin, settings, pg.PROVISIONING, "create"))
     with serial, connect(admin, settings, autocommit=True) as conn:
-        _check_admin(conn, need_createdb=True)
+        check_admin(conn)
         plan = plan_create(conn, url, open_target, app_role=app_role, password=given,
                            rotate=rotate, connection_limit=connection_limit)
         if not dry_run:
             if write_env and not print_url and (plan.password or plan.app_password):
-                from dbkit.settings import check_env_writable
-
-                check_env_writable(settings.env_file)  # the generated password must land
+                envfile.check_writable(settings.env_file)  # the generated password must land
             apply(plan, conn, open_target)
-    final = url.with_(password=plan.password) if plan.password else url
+        if given is None and plan.password is None and not dry_run:
+            given = _written_beside(settings, url)
+    final = url.with_(password=plan.password or given)
     result = Result(database=plan.database, role=plan.role, app_role=app_role,
                     created=[] if dry_run else plan.will_create, existed=plan.existed,
-                    statements=[s.shown for s in plan.steps], dry_run=dry_run, url=str(final))
+                    statements=[s.shown for s in plan.steps], dry_run=dry_run, url=str(final),
+                    login=final)
     if dry_run:
         return result
     if print_url and plan.password:
         result.printed_url = final.render(reveal=True)
     elif write_env and (plan.password or plan.app_password):
         if plan.password:
-            update_env_file(settings.env_file, "DATABASE_URL", final.render(reveal=True))
+            envfile.update(settings.env_file, "DATABASE_URL", final.render(reveal=True))
         if plan.app_password and app_role:
             app = final.with_(user=app_role, password=plan.app_password)
-            update_env_file(settings.env_file, "DBKIT_APP_URL", app.render(reveal=True))
+            envfile.update(settings.env_file, "DBKIT_APP_URL", app.render(reveal=True))
         result.env_file = str(settings.env_file)
     return result
 
 
-def drop(settings: Settings, *, force: bool = False, dry_run: bool = False) -> Result:
-    """Drop the database, then its role(s). Missing objects are fine (idempotent)."""
-    from psycopg import sql
+def _written_beside(settings: Settings, url: DbURL) -> str | None:
+    """The password of an existing role whose URL has none, when a setup running beside this
+    one created the role (it held the lock first) and wrote its URL to the same .env."""
+    written = envfile.read(settings.env_file).get("DATABASE_URL")
+    if not written:
+        return None
+    found = DbURL.parse(written, "DATABASE_URL")
+    return found.password if found.with_(password=None) == url.with_(password=None) else None
 
+
+def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = False) -> Result:
+    """Drop the database, then its role(s). Missing objects are fine (idempotent)."""
+    settings = target.settings
     if settings.production:
         raise Refused("dbkit drop is refused when DBKIT_ENV=production",
                       hint="drop a production database by hand, deliberately")
-    url = settings.app_url()
+    url = target.url
     db, role = check_name(url.dbname, "database"), check_name(url.user, "role")
     roles = [r for r in (settings.app_role, role) if r]
-    admin = away_from(admin_url(settings), db)
+    admin = maintenance(admin, db)
     steps: list[str] = []
     existed: list[str] = []
     with connect(admin, settings, autocommit=True) as conn:
-        _check_admin(conn, need_createdb=True)
+        check_admin(conn)
         for r in roles:  # check first: DROP DATABASE cannot be undone if DROP ROLE then fails
             _check_droppable(conn, r, db)
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
             existed.append(f"database {db}")
-            stmt = sql.SQL("DROP DATABASE {}{}").format(
-                sql.Identifier(db), sql.SQL(" WITH (FORCE)" if force else ""))
+            stmt = pg.drop_database_sql(db, force=force)
             steps.append(stmt.as_string(conn))
             if not dry_run:
-                _drop_database(conn, stmt, db)
+                _run(conn, stmt, f"cannot drop database {db!r}", in_use=(
+                    f"database {db!r} has open connections",
+                    "close them, or pass --force to terminate them"))
         for r in roles:
             info = role_info(conn, r)
             if info is None:
@@ -338,15 +342,17 @@ def drop(settings: Settings, *, force: bool = False, dry_run: bool = False) -> R
             if info["super"]:
                 raise InvalidName(f"role {r!r} is a superuser; dbkit will not drop it")
             existed.append(f"role {r}")
-            stmt = sql.SQL("DROP ROLE {}").format(sql.Identifier(r))
+            stmt = pg.drop_role_sql(r)
             steps.append(stmt.as_string(conn))
             if not dry_run:
-                _drop_role(conn, stmt, r)
+                _run(conn, stmt, f"cannot drop role {r!r}", in_use=(
+                    f"role {r!r} still owns objects or holds privileges in other databases",
+                    "run DROP OWNED BY in those databases, then dbkit drop again"))
     return Result(database=db, role=role, app_role=settings.app_role, created=[],
                   existed=existed, statements=steps, dry_run=dry_run, url=str(url))
 
 
-def _check_droppable(conn: psycopg.Connection, role: str, db: str) -> None:
+def _check_droppable(conn: psycopg.Connection[Any], role: str, db: str) -> None:
     """Refuse before changing anything when the role owns or is granted things outside
     ``db`` (DROP ROLE would fail after the database is already gone)."""
     elsewhere = conn.execute(
@@ -367,25 +373,15 @@ def _check_droppable(conn: psycopg.Connection, role: str, db: str) -> None:
                        hint="REASSIGN OWNED / DROP OWNED BY that role there, then dbkit drop again")
 
 
-def _drop_database(conn: psycopg.Connection, stmt: sql.Composable, db: str) -> None:
+def _run(conn: psycopg.Connection[Any], stmt: sql.Composable, doing: str,
+         in_use: tuple[str, str]) -> None:
+    """One drop; "in use" (sessions, dependent objects) is the conflict it most often meets."""
     import psycopg
 
     log.info("%s", stmt.as_string(conn))
     try:
         conn.execute(stmt)
-    except psycopg.errors.ObjectInUse:
-        raise Conflict(f"database {db!r} has open connections",
-                       hint="close them, or pass --force to terminate them") from None
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise PermissionDenied(f"cannot drop database {db!r}: {exc.diag.message_primary}") from None
-
-
-def _drop_role(conn: psycopg.Connection, stmt: sql.Composable, role: str) -> None:
-    import psycopg
-
-    log.info("%s", stmt.as_string(conn))
-    try:
-        conn.execute(stmt)
-    except psycopg.errors.DependentObjectsStillExist:
-        raise Conflict(f"role {role!r} still owns objects or holds privileges in other databases",
-                       hint="run DROP OWNED BY in those databases, then dbkit drop again") from None
+    except (psycopg.errors.ObjectInUse, psycopg.errors.DependentObjectsStillExist):
+        raise Conflict(in_use[0], hint=in_use[1]) from None
+    except psycopg.Error as exc:
+        raise translate(exc, doing) from None

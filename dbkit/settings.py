@@ -1,62 +1,100 @@
 """Settings, resolved once: command-line flags, then the environment, then ``.env``, then defaults.
 
-This is the only module that reads ``os.environ``; everything else receives a ``Settings``.
+This is the only module that reads ``os.environ``. Every value is parsed and checked here, once,
+into its type (URLs into ``DbURL``, durations into milliseconds, directories into absolute
+``Path``s), so a bad value is the same error (exit 3, naming where it came from) for every
+command. Everything else receives a ``Settings``, and a command that acts on one database a
+``Target``: that database's URLs together with the settings (dbmate's ``DB``).
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
+from dbkit import envfile
 from dbkit.errors import ConfigError
 from dbkit.urls import DbURL
 
-# variable name -> (Settings field, default, help). README and .env.example document the same.
-VARIABLES: dict[str, tuple[str, Any, str]] = {
-    "DATABASE_URL": ("database_url", None,
-                     "the application's database: postgresql://role:password@host:port/database"),
-    "DBKIT_ADMIN_URL": ("admin_url", None,
-                        "a connection allowed to create roles and databases"),
-    "DBKIT_APP_ROLE": ("app_role", None, "optional second, DML-only role for the application"),
-    "DBKIT_MIGRATIONS": ("migrations", None, "migrations directory"),
-    "DBKIT_MIGRATE_URL": ("migrate_url", None,
-                          "direct (non-pooled) URL for migrations, when DATABASE_URL is a pooler"),
-    "DBKIT_ENV": ("env", "development", "development | test | production (guards reset/lint)"),
-    "DBKIT_DATA_DIR": ("data_dir", ".dbkit", "where dbkit's own local PostgreSQL keeps its data"),
-    "DBKIT_PG_BIN": ("pg_bin", None, "directory holding initdb/pg_ctl/postgres"),
-    "DBKIT_LOCK_TIMEOUT": ("lock_timeout", "5s", "lock_timeout for migration statements"),
-    "DBKIT_STATEMENT_TIMEOUT": ("statement_timeout", "0",
-                                "statement_timeout for migration statements (0 = none)"),
-    "DBKIT_CONNECT_TIMEOUT": ("connect_timeout", "5", "seconds to wait for a connection"),
-}
-
-_ENV_KEY = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+Env = Literal["development", "test", "production"]
+ENVS: tuple[Env, ...] = ("development", "test", "production")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Variable:
+    """One setting: its environment variable, the flag that overrides it, its default."""
+
+    name: str
+    key: str  # the key in Settings.load(flags=...)
+    flag: str | None
+    default: str | None
+    help: str
+
+
+# README and .env.example document the same variables (a test keeps them in step).
+VARIABLES: tuple[Variable, ...] = (
+    Variable("DATABASE_URL", "database_url", None, None,
+             "the application's database: postgresql://role:password@host:port/database"),
+    Variable("DBKIT_ADMIN_URL", "admin_url", None, None,
+             "a connection allowed to create roles and databases"),
+    Variable("DBKIT_APP_ROLE", "app_role", "--app-role", None,
+             "optional second, DML-only role for the application"),
+    Variable("DBKIT_APP_URL", "app_url", None, None,
+             "the app role's URL (written by dbkit create/setup)"),
+    Variable("DBKIT_MIGRATIONS", "migrations", "--migrations", None, "migrations directory"),
+    Variable("DBKIT_MIGRATE_URL", "migrate_url", None, None,
+             "direct (non-pooled) URL for migrations, when DATABASE_URL is a pooler"),
+    Variable("DBKIT_ENV", "env", None, "development",
+             "development | test | production (guards reset/drop/lint)"),
+    Variable("DBKIT_DATA_DIR", "data_dir", None, ".dbkit",
+             "where dbkit's own local PostgreSQL keeps its data"),
+    Variable("DBKIT_PG_BIN", "pg_bin", None, None, "directory holding initdb/pg_ctl/postgres"),
+    Variable("DBKIT_LOCK_TIMEOUT", "lock_timeout", "--lock-timeout", "5s",
+             "how long to wait for the migration lock and for table locks"),
+    Variable("DBKIT_STATEMENT_TIMEOUT", "statement_timeout", "--statement-timeout", "0",
+             "statement_timeout for migration statements (0 = none)"),
+    Variable("DBKIT_CONNECT_TIMEOUT", "connect_timeout", None, "5",
+             "how long to wait for a connection"),
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
+
+
+def parse_duration(value: str, what: str) -> int:
+    """``5s``, ``500ms``, ``2min``, ``1h`` in milliseconds; a bare number is seconds (as
+    PostgreSQL's own ``connect_timeout`` is); ``0`` means no limit. The one duration parser."""
+    m = _DURATION.match(value)
+    if not m:
+        raise ConfigError(f"{what} must be a duration like 5s, 500ms or 2min (got {value!r})",
+                          hint=f"fix {what}; a bare number means seconds, 0 means no limit")
+    return round(float(m.group(1)) * _UNIT_MS[m.group(2) or "s"])
+
+
+@dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
-    admin_url: str | None = None
+    database_url: DbURL | None = None
+    admin_url: DbURL | None = None
     app_role: str | None = None
-    migrations: str | None = None
-    migrate_url: str | None = None
-    env: str = "development"
-    data_dir: str = ".dbkit"
-    pg_bin: str | None = None
-    lock_timeout: str = "5s"
-    statement_timeout: str = "0"
-    connect_timeout: str = "5"
-    env_file: Path = Path(".env")
+    app_url: DbURL | None = None
+    migrations: Path | None = None  # an explicit choice; see dbkit.migrate.files.migrations_dir
+    migrate_url: DbURL | None = None
+    env: Env = "development"
+    data_dir: Path = field(default_factory=lambda: Path.cwd() / ".dbkit")
+    pg_bin: Path | None = None
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 0
+    connect_timeout_ms: int = 5000
+    env_file: Path = field(default_factory=lambda: Path.cwd() / ".env")
     cwd: Path = field(default_factory=Path.cwd)
     # libpq's PG* variables (from the environment or .env), so "is a server configured?"
     # can be answered without anyone else reading os.environ.
-    pg_env: dict[str, str] = field(default_factory=dict)
+    pg_env: Mapping[str, str] = field(default_factory=dict)
     local: bool = False
     debug: bool = False
     verbose: bool = False
@@ -69,155 +107,123 @@ class Settings:
         env_file: str | Path | None = None,
         cwd: Path | None = None,
     ) -> Settings:
-        """Resolve settings. ``flags`` uses field names; ``None`` values mean "not given"."""
-        flags = {k: v for k, v in (flags or {}).items() if v is not None}
+        """Resolve and check every setting. ``flags`` uses the keys of ``VARIABLES`` (and
+        ``local``/``debug``/``verbose``); ``None`` values mean "not given"."""
+        given = {k: v for k, v in (flags or {}).items() if v is not None}
         environ = os.environ if environ is None else environ
         cwd = cwd or Path.cwd()
-        explicit_file = env_file is not None
         path = Path(env_file) if env_file is not None else cwd / ".env"
         if not path.is_absolute():
             path = cwd / path
-        file_values = read_env_file(path, required=explicit_file)
-        _warn_unparsed(path)
-        values: dict[str, Any] = {}
-        for var, (name, default, _help) in VARIABLES.items():
-            if name in flags:
-                values[name] = flags[name]
-            elif environ.get(var):
-                values[name] = environ[var]
-            elif file_values.get(var):
-                values[name] = file_values[var]
+        in_file = envfile.read(path, required=env_file is not None)
+        envfile.warn_unparsable(path)
+        raw: dict[str, tuple[str, str] | None] = {}  # key -> (value, where it came from)
+        for var in VARIABLES:
+            if var.key in given:
+                raw[var.key] = (str(given[var.key]), var.flag or var.name)
+            elif environ.get(var.name):
+                raw[var.key] = (environ[var.name], var.name)
+            elif in_file.get(var.name):
+                raw[var.key] = (in_file[var.name], f"{var.name} (in {path.name})")
             else:
-                values[name] = default
-        pg_env = {k: v for k, v in file_values.items() if k.startswith("PG") and v}
+                raw[var.key] = (var.default, var.name) if var.default is not None else None
+        pg_env = {k: v for k, v in in_file.items() if k.startswith("PG") and v}
         pg_env.update({k: v for k, v in environ.items() if k.startswith("PG") and v})
-        s = cls(**values, env_file=path, cwd=cwd, pg_env=pg_env,
-                **{k: bool(flags.get(k, False)) for k in ("local", "debug", "verbose")})
-        s.validate()
-        return s
+        _check_pg_env(pg_env)
+        return cls(**_parse(raw, cwd), env_file=path, cwd=cwd, pg_env=pg_env,
+                   **{k: bool(given.get(k, False)) for k in ("local", "debug", "verbose")})
 
-    def validate(self) -> None:
-        if self.env not in ("development", "test", "production"):
-            raise ConfigError(f"DBKIT_ENV must be development, test or production (got {self.env!r})")
-        try:
-            if float(self.connect_timeout) <= 0:
-                raise ValueError
-        except ValueError:
-            raise ConfigError("DBKIT_CONNECT_TIMEOUT must be a positive number of seconds") from None
-        port = self.pg_env.get("PGPORT")
-        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"PGPORT must be a port number (got {port!r})")
-        for url, what in ((self.database_url, "DATABASE_URL"), (self.admin_url, "DBKIT_ADMIN_URL"),
-                          (self.migrate_url, "DBKIT_MIGRATE_URL")):
-            if url:
-                DbURL.parse(url, what)
-
-    # -- typed accessors -------------------------------------------------------------
-    def app_url(self) -> DbURL:
-        if not self.database_url:
+    def target(self) -> Target:
+        """The application's database (DATABASE_URL), for a command that acts on it."""
+        if self.database_url is None:
             raise ConfigError(
                 "DATABASE_URL is not set",
                 hint="set DATABASE_URL in the environment or .env (or run dbkit setup)",
             )
-        url = DbURL.parse(self.database_url, "DATABASE_URL")
-        if not url.dbname or not url.user:
-            raise ConfigError("DATABASE_URL must name both a role and a database",
-                              hint="use postgresql://role:password@host:port/database")
-        return url
-
-    def migration_url(self) -> DbURL:
-        """Where migrations run: DBKIT_MIGRATE_URL (a direct, unpooled URL) or DATABASE_URL."""
-        if self.migrate_url:
-            return DbURL.parse(self.migrate_url, "DBKIT_MIGRATE_URL")
-        return self.app_url()
-
-    def admin(self) -> DbURL | None:
-        return DbURL.parse(self.admin_url, "DBKIT_ADMIN_URL") if self.admin_url else None
-
-    @property
-    def data_path(self) -> Path:
-        p = Path(self.data_dir)
-        return p if p.is_absolute() else self.cwd / p
+        return Target.of(self.database_url, self, migrate_url=self.migrate_url)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
 
-
-def read_env_file(path: Path, required: bool = False) -> dict[str, str]:
-    if not path.exists():
-        if required:
-            raise ConfigError(f"env file {path} does not exist", hint="check --env-file")
-        return {}
-    from dotenv import dotenv_values
-
-    try:
-        return {k: v for k, v in dotenv_values(path).items() if v is not None}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read env file {path}: {exc.__class__.__name__}") from None
+    @property
+    def connect_timeout_s(self) -> int:
+        """libpq's ``connect_timeout`` takes whole seconds."""
+        return max(1, -(-self.connect_timeout_ms // 1000))
 
 
-def _warn_unparsed(path: Path) -> None:
-    """python-dotenv skips a line it cannot parse without a word; say which one, or a broken
-    DATABASE_URL line reads as 'DATABASE_URL is not set'."""
-    if not path.is_file():
-        return
-    from dotenv.parser import parse_stream
-
-    try:
-        with path.open(encoding="utf-8") as f:
-            bad = [b.original.line for b in parse_stream(f) if b.error]
-    except (OSError, UnicodeDecodeError):
-        return  # read_env_file has already said so
-    for line in bad:
-        logging.getLogger("dbkit").warning("%s:%d: cannot parse this line; it is ignored",
-                                           path, line)
-
-
-def update_env_file(path: Path, key: str, value: str) -> None:
-    """Set ``key`` in a .env file, keeping every other line and comment; mode 0600.
-
-    Written to a temporary file and renamed, so a crash never leaves a half-written file.
-    """
-    check_env_writable(path)
-    try:
-        _write_env(path, key, value)
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or exc.__class__.__name__
-        raise ConfigError(f"cannot write env file {path}: {why}",
-                          hint="make it a writable file, or choose another with --env-file"
-                          ) from None
+def _parse(raw: Mapping[str, tuple[str, str] | None], cwd: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("database_url", "admin_url", "app_url", "migrate_url"):
+        item = raw[key]
+        out[key] = DbURL.parse(item[0], item[1]) if item else None
+    for key in ("app_role",):
+        item = raw[key]
+        out[key] = item[0] if item else None
+    for key in ("migrations", "data_dir", "pg_bin"):
+        item = raw[key]
+        out[key] = _path(item[0], cwd) if item else None
+    env_item = raw["env"]
+    assert env_item is not None  # it has a default
+    if env_item[0] not in ENVS:
+        raise ConfigError(f"{env_item[1]} must be development, test or production "
+                          f"(got {env_item[0]!r})")
+    out["env"] = cast(Env, env_item[0])
+    for key in ("lock_timeout", "statement_timeout", "connect_timeout"):
+        item = raw[key]
+        assert item is not None  # each has a default
+        out[f"{key}_ms"] = parse_duration(item[0], item[1])
+        if key == "connect_timeout" and out[f"{key}_ms"] <= 0:
+            raise ConfigError(f"{item[1]} must be more than 0 (got {item[0]!r})",
+                              hint="give the connection some seconds, e.g. 5")
+    return out
 
 
-def check_env_writable(path: Path) -> None:
-    """Fail before anything is created whose secret would then have nowhere to go."""
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"env file {path} is not a regular file",
-                          hint="remove or rename it, or choose another with --env-file")
-    where = path if path.exists() else path.parent
-    if not os.access(where, os.W_OK) or not path.parent.is_dir():
-        raise ConfigError(f"env file {path} cannot be written",
-                          hint="make it writable, or choose another with --env-file")
+def _path(value: str, cwd: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else cwd / p
 
 
-def _write_env(path: Path, key: str, value: str) -> None:
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    new_line = f"{key}='{value}'\n" if "'" not in value else f'{key}="{value}"\n'
-    for i, line in enumerate(lines):
-        m = _ENV_KEY.match(line)
-        if m and m.group(1) == key:
-            lines[i] = new_line
-            break
-    else:
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines.append(new_line)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".env.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _check_pg_env(pg_env: Mapping[str, str]) -> None:
+    port = pg_env.get("PGPORT")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"PGPORT must be a port number (got {port!r})")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One database to act on, as dbmate's ``DB``: how the application's role reaches it
+    (``url``), how migrations reach it (``migrate_url``: a direct route when ``url`` is a
+    pooler), and the settings that say how long to wait and where the migrations are."""
+
+    url: DbURL
+    migrate_url: DbURL
+    settings: Settings
+
+    @classmethod
+    def of(cls, url: DbURL, settings: Settings, *, migrate_url: DbURL | None = None) -> Target:
+        if not url.dbname or not url.user:
+            raise ConfigError("DATABASE_URL must name both a role and a database",
+                              hint="use postgresql://role:password@host:port/database")
+        return cls(url, migrate_url or url, settings)
+
+    @property
+    def dbname(self) -> str:
+        assert self.url.dbname is not None  # checked in of()
+        return self.url.dbname
+
+    @property
+    def role(self) -> str:
+        assert self.url.user is not None  # checked in of()
+        return self.url.user
+
+    def at(self, dbname: str) -> Target:
+        """The same servers and roles, another database (a scratch copy, say)."""
+        return dataclasses.replace(self, url=self.url.with_(dbname=dbname),
+                                   migrate_url=self.migrate_url.with_(dbname=dbname))
+
+    def with_url(self, url: DbURL) -> Target:
+        """The same database reached with ``url`` (e.g. now with the password create made);
+        migrations follow unless they have a route of their own."""
+        own = self.migrate_url if self.migrate_url != self.url else url
+        return dataclasses.replace(self, url=url, migrate_url=own)

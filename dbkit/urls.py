@@ -7,6 +7,7 @@ unicode) can be named. Passwords never leave this module unmasked except through
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -14,6 +15,7 @@ from dbkit.errors import InvalidURL
 
 SCHEMES = ("postgresql", "postgres")
 MASK = "***"
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,20 @@ def mask_url(url: str) -> str:
         return DbURL.parse(url).render()
     except InvalidURL:
         return "<invalid URL>"
+
+
+def mask_secrets(text: str) -> str:
+    """Mask anything that looks like a password inside a URL, anywhere in a text (an error
+    message may quote one the server or the driver echoed)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def with_app(url: DbURL, name: str) -> DbURL:
+    """``url`` with ``application_name`` set, unless the user chose one: what a session shows in
+    pg_stat_activity (dbkit finds its own migration sessions by it)."""
+    if any(k == "application_name" for k, _ in url.params):
+        return url
+    return url.with_(params=(*url.params, ("application_name", name)))
 
 
 def _reason(exc: Exception) -> str:

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from dbkit.cli import run
-from dbkit.testing import drop_everything, throwaway_cluster, unique_name
+from cluster import drop_everything, throwaway_cluster, unique_name
 from dbkit.urls import DbURL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ class App:
         return psycopg.connect(**self.url.connect_kwargs(), **kw)  # type: ignore[arg-type]
 
     def read_env_url(self) -> DbURL:
-        from dbkit.settings import read_env_file
+        from dbkit.envfile import read as read_env_file
 
         return DbURL.parse(read_env_file(self.cwd / ".env")["DATABASE_URL"])
 

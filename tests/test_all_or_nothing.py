@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbkit.reset import side_name
+from dbkit.setup import side_name
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "dbkit" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ def test_a_database_left_closed_by_a_killed_reset_is_reopened(app_with_row, admi
 
 
 def test_reset_in_two_role_mode_keeps_the_app_role_working(app, admin_conn):
-    from dbkit.settings import read_env_file
+    from dbkit.envfile import read as read_env_file
     from dbkit.urls import DbURL
 
     app_role = app.role + "_app"

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from dbkit.doctor import _hba_matches
+from dbkit.doctor import hba_matches
 from dbkit.urls import DbURL
 
 CHECKS = ["server", "tls", "auth", "admin-role", "app-role", "public-connect",
@@ -150,11 +150,11 @@ def test_unreachable_server_fails_once_and_skips_the_rest(app) -> None:  # noqa:
 def test_hba_rule_matching() -> None:
     url = DbURL(user="app", dbname="appdb", host="10.0.0.5")
     rule = ["host", ["all"], ["all"], "10.0.0.0", "255.255.255.0"]
-    assert _hba_matches(*rule, "10.0.0.7", False, url, set())
-    assert not _hba_matches(*rule, "10.0.1.7", False, url, set())
-    assert not _hba_matches("local", ["all"], ["all"], None, None, "10.0.0.7", False, url, set())
-    assert _hba_matches("local", ["all"], ["all"], None, None, None, False, url, set())
-    assert not _hba_matches("hostssl", ["all"], ["all"], "all", None, "10.0.0.7", False, url, set())
-    assert _hba_matches("host", ["appdb"], ["+staff"], "0.0.0.0", "0.0.0.0", "10.0.0.7", True,
+    assert hba_matches(*rule, "10.0.0.7", False, url, set())
+    assert not hba_matches(*rule, "10.0.1.7", False, url, set())
+    assert not hba_matches("local", ["all"], ["all"], None, None, "10.0.0.7", False, url, set())
+    assert hba_matches("local", ["all"], ["all"], None, None, None, False, url, set())
+    assert not hba_matches("hostssl", ["all"], ["all"], "all", None, "10.0.0.7", False, url, set())
+    assert hba_matches("host", ["appdb"], ["+staff"], "0.0.0.0", "0.0.0.0", "10.0.0.7", True,
                         url, {"staff"})
-    assert not _hba_matches("host", ["otherdb"], ["all"], "all", None, "10.0.0.7", False, url, set())
+    assert not hba_matches("host", ["otherdb"], ["all"], "all", None, "10.0.0.7", False, url, set())

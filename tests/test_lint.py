@@ -11,8 +11,8 @@ import pytest
 from psycopg import sql
 
 from dbkit.errors import ConfigError
-from dbkit.lint import is_transactional, lint_file, lint_paths, lint_sql, rules
-from dbkit.lint_rules import RULES
+from dbkit.lint.engine import is_transactional, lint_file, lint_paths, lint_sql, rules
+from dbkit.lint.rules import RULES
 
 REPO = Path(__file__).resolve().parent.parent
 NT = "-- transactional: false\n"
@@ -243,7 +243,7 @@ def test_lint_paths_directories_files_and_errors(tmp_path: Path) -> None:
 
 
 def test_shipped_migrations_lint_clean() -> None:
-    migrations = REPO / "dbkit" / "migrations"
+    migrations = REPO / "migrations"
     assert sorted(migrations.glob("0*.sql"))
     assert lint_paths([migrations]) == []
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbkit.migrate import PACKAGED, migrations_dir
+from dbkit.migrate.files import migrations_dir, packaged_dir
 from dbkit.server import find_pg_bin
 from dbkit.settings import Settings
+
+PACKAGED = packaged_dir()
 
 POSTS_IDS = ["0001_create_posts", "0002_create_users", "0003_add_post_owner",
              "0004_create_votes", "0005_index_posts_owner",
@@ -397,10 +399,11 @@ def test_non_transactional_migration_reports_invalid_index(created):
 
 # -- directory and new ---------------------------------------------------------------------
 def test_migrations_directory_precedence(tmp_path):
-    assert migrations_dir(Settings(cwd=tmp_path)) == PACKAGED
+    assert migrations_dir(Settings.load(environ={}, cwd=tmp_path)) == PACKAGED
     (tmp_path / "migrations").mkdir()
-    assert migrations_dir(Settings(cwd=tmp_path)) == tmp_path / "migrations"
-    assert migrations_dir(Settings(cwd=tmp_path, migrations="other")) == tmp_path / "other"
+    assert migrations_dir(Settings.load(environ={}, cwd=tmp_path)) == tmp_path / "migrations"
+    other = Settings.load(flags={"migrations": "other"}, environ={}, cwd=tmp_path)
+    assert migrations_dir(other) == tmp_path / "other"
     s = Settings.load(environ={"DBKIT_MIGRATIONS": "/abs/m"}, cwd=tmp_path)
     assert migrations_dir(s) == Path("/abs/m")
 
@@ -450,8 +453,8 @@ def test_password_never_printed(created):
 
 
 def test_role_without_create_privilege_fails_fast_and_clearly(created, app):
-    from dbkit.settings import read_env_file
-    from dbkit.testing import unique_name
+    from dbkit.envfile import read as read_env_file
+    from cluster import unique_name
 
     dml = unique_name("dml")
     app.extra_roles.append(dml)

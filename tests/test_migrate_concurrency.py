@@ -13,8 +13,10 @@ from pathlib import Path
 import psycopg
 from helpers import clean_env
 
-from dbkit.migrate import PACKAGED
-from dbkit.migration_lock import LOCK_CLASS, LOCK_ID
+from dbkit.migrate.files import packaged_dir
+from dbkit.pg import MIGRATIONS
+
+PACKAGED = packaged_dir()
 
 POSTS_IDS = ["0001_create_posts", "0002_create_users", "0003_add_post_owner",
              "0004_create_votes", "0005_index_posts_owner",
@@ -61,7 +63,7 @@ def test_eight_concurrent_migrates_apply_each_migration_once(created):
 def test_waiter_gives_up_after_lock_timeout_naming_the_holder(created):
     app = created
     with app.connect() as holder:
-        holder.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", (LOCK_CLASS, LOCK_ID))
+        holder.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", MIGRATIONS[:2])
         holder_pid = holder.info.backend_pid
         started = time.monotonic()
         r = app.cli("migrate", "--lock-timeout", "300ms")

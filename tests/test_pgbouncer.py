@@ -166,7 +166,7 @@ def test_migrate_status_seed_through_pgbouncer(app, bouncer: Bouncer) -> None:  
     env = _pooled_env(app, bouncer)
     r = app.subprocess("migrate", "--json", **env)
     assert r.code == 0, r.output + bouncer.log()
-    shipped = [f for f in (Path(__file__).parent.parent / "dbkit" / "migrations").glob("*.sql")
+    shipped = [f for f in (Path(__file__).parent.parent / "migrations").glob("*.sql")
                if not f.name.endswith(".rollback.sql")]
     assert len(json.loads(r.out)["applied"]) == len(shipped)
     r = app.subprocess("status", "--json", **env)

@@ -16,11 +16,11 @@ import psycopg
 import pytest
 from helpers import clean_env
 
-from dbkit.testdb import PLUGIN_PREFIX
+from dbkit.testdb.template import PLUGIN_PREFIX
 from dbkit.urls import DbURL
 
 SAMPLE = Path(__file__).resolve().parent / "plugin_sample" / "sample_dbkit.py"
-MIGRATIONS = Path(__file__).resolve().parent.parent / "dbkit" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 PASSING = 11  # tests in the sample that run without DBKIT_SAMPLE_* switches
 
 

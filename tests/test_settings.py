@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 
 from dbkit.errors import ConfigError, InvalidURL
-from dbkit.settings import Settings, read_env_file, update_env_file
+from dbkit.envfile import read as read_env_file
+from dbkit.envfile import update as update_env_file
+from dbkit.settings import Settings
 from dbkit.urls import DbURL, mask_url
 
 
@@ -16,11 +19,11 @@ def test_precedence_flags_env_dotenv_defaults(tmp_path):
                                    "DATABASE_URL=postgresql://file@h/db\n")
     env = {"DBKIT_LOCK_TIMEOUT": "7s", "DATABASE_URL": "postgresql://env@h/db"}
     s = Settings.load(flags={"lock_timeout": "1s", "database_url": None}, environ=env, cwd=tmp_path)
-    assert s.lock_timeout == "1s"  # flag beats env and file
-    assert s.database_url == "postgresql://env@h/db"  # env beats file
-    assert s.env == "test" and s.data_dir == "/x"  # file beats default
-    assert s.statement_timeout == "0"  # default
-    assert Settings.load(environ={}, cwd=tmp_path).lock_timeout == "9s"
+    assert s.lock_timeout_ms == 1000  # flag beats env and file
+    assert s.database_url == DbURL.parse("postgresql://env@h/db")  # env beats file
+    assert s.env == "test" and s.data_dir == Path("/x")  # file beats default
+    assert s.statement_timeout_ms == 0  # default
+    assert Settings.load(environ={}, cwd=tmp_path).lock_timeout_ms == 9000
 
 
 def test_explicit_env_file_must_exist(tmp_path):
@@ -35,7 +38,7 @@ def test_invalid_values_are_config_errors(tmp_path):
     with pytest.raises(InvalidURL, match="DATABASE_URL"):
         Settings.load(environ={"DATABASE_URL": "http://x/y"}, cwd=tmp_path)
     with pytest.raises(ConfigError, match="not set"):
-        Settings.load(environ={}, cwd=tmp_path).app_url()
+        Settings.load(environ={}, cwd=tmp_path).target()
 
 
 def test_pg_variables_are_collected_from_env_and_file(tmp_path):

@@ -8,7 +8,7 @@ import subprocess
 from helpers import run_dbkit as dbkit
 
 from dbkit.server import LocalServer, find_pg_bin
-from dbkit.settings import read_env_file
+from dbkit.envfile import read as read_env_file
 from dbkit.urls import DbURL
 
 

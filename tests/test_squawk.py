@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from dbkit.lint import is_transactional, lint_file
+from dbkit.lint.engine import is_transactional, lint_file
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "lint_corpus"
-SHIPPED = HERE.parent / "dbkit" / "migrations"
+SHIPPED = HERE.parent / "migrations"
 
 # family -> (dbkit rule ids, squawk rule names)
 FAMILIES: dict[str, tuple[set[str], set[str]]] = {

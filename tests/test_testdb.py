@@ -13,14 +13,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbkit import clones, testdb
+from dbkit import pg
+from dbkit.admin import resolve
+from dbkit.testdb import clones
+from dbkit.testdb import template as testdb
 from dbkit.server import free_port
 from dbkit.settings import Settings
-from dbkit.testing import throwaway_cluster, unique_name
+from cluster import throwaway_cluster, unique_name
 from dbkit.urls import DbURL
 
 REPO = Path(__file__).resolve().parent.parent
-MIGRATIONS = REPO / "dbkit" / "migrations"
+MIGRATIONS = REPO / "migrations"
 
 
 def dbs_with(conn: psycopg.Connection, prefix: str) -> list[str]:
@@ -58,7 +61,7 @@ def migrations(tmp_path: Path, admin_conn: psycopg.Connection) -> Iterator[Path]
     for (name,) in admin_conn.execute(
             "SELECT datname FROM pg_database WHERE datistemplate"
             " AND shobj_description(oid, 'pg_database') LIKE %s", (f'%"{d.resolve()}|%',)):
-        testdb.drop_database(admin_conn, name, template=True)
+        pg.drop_database(admin_conn, name, template=True)
 
 
 def settings_for(app, migrations: Path) -> Settings:
@@ -194,7 +197,7 @@ def test_drop_all_removes_templates_and_dead_runs_clones_too(app, migrations):
         assert app.cli("testdb", "create", "--count", "2", **env).code == 0
         s = Settings.load(flags={"admin_url": other.render(reveal=True),
                                  "migrations": str(migrations)}, environ={}, cwd=app.cwd)
-        dead = clones.CloneSession(s)
+        dead = clones.CloneSession(s, resolve(s))
         dead.clone()
         dead.conn.close()  # killed
         r = app.cli("testdb", "drop", "--all", "--json", **env)
@@ -236,7 +239,7 @@ def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
 
     def worker() -> None:
         try:
-            session = clones.CloneSession(s, worker="t")
+            session = clones.CloneSession(s, resolve(s), worker="t")
             results.append(session.template)
             url = session.clone()
             results.append(schema_of(url)["tables"])
@@ -261,13 +264,13 @@ def test_concurrent_builders_share_one_template(app, admin_conn, migrations):
 # -- stale clones: a dead session's are collected, a live one's are not ---------------------
 def test_clones_of_a_dead_session_are_collected_live_ones_kept(app, admin_conn, migrations):
     s = settings_for(app, migrations)
-    live = clones.CloneSession(s, worker="gw0")
-    dead = clones.CloneSession(s, worker="gw1")
+    live = clones.CloneSession(s, resolve(s), worker="gw0")
+    dead = clones.CloneSession(s, resolve(s), worker="gw1")
     try:
         live_db = live.clone().dbname
         dead_db = dead.clone().dbname
         dead.conn.close()  # what a SIGKILL does: the server ends the session and its lock
-        nxt = clones.CloneSession(s)
+        nxt = clones.CloneSession(s, resolve(s))
         try:
             assert dead_db in nxt.collected and live_db not in nxt.collected
             names = dbs_with(admin_conn, testdb.PLUGIN_PREFIX)
@@ -281,7 +284,7 @@ def test_clones_of_a_dead_session_are_collected_live_ones_kept(app, admin_conn, 
 
 def test_background_session_prefetches_and_close_leaves_nothing(app, admin_conn, migrations):
     s = settings_for(app, migrations)
-    session = clones.CloneSession(s, worker="bg", background=True)
+    session = clones.CloneSession(s, resolve(s), worker="bg", background=True)
     try:
         urls = []
         for _ in range(3):

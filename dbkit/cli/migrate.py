@@ -1,14 +1,17 @@
-"""dbkit migrate / rollback / status / verify / new / history."""
+"""dbkit migrate / rollback / status / verify / new / history / dump."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dbkit.cli import cli, emit, settings
+from dbkit.cli.common import cli, emit, settings
+
+if TYPE_CHECKING:
+    from dbkit.migrate.commands import MigrateResult, RollbackResult
 
 _MIGRATIONS_HELP = "Migrations directory (DBKIT_MIGRATIONS; default ./migrations, else the packaged ones)."
 
@@ -32,7 +35,8 @@ def _warn(warnings: list[str]) -> None:
         click.echo(f"dbkit: warning: {w}", err=True)
 
 
-def _render_plan(result: Any, verb: str, empty: str = "-- (no statements)") -> str:
+def _render_plan(result: MigrateResult | RollbackResult, verb: str,
+                 empty: str = "-- (no statements)") -> str:
     lines = [f"-- dry run: nothing changed. Would {verb} {len(result.plan)} migration(s) on "
              f"{result.database}:"]
     for p in result.plan:
@@ -58,11 +62,11 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
             as_json: bool) -> None:
     """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL."""
-    from dbkit import migrate as m
+    from dbkit.migrate import commands as m
 
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
-    result = m.migrate(s, to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied)
+    result = m.migrate(s.target(), to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied)
     _warn(result.warnings)
     if dry_run:
         plan = (_render_plan(result, "mark as applied", "-- (recorded only; not run)")
@@ -93,14 +97,14 @@ def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool,
              lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
              as_json: bool) -> None:
     """Roll back applied migrations, newest first, with their .rollback.sql files."""
-    from dbkit import migrate as m
     from dbkit.errors import ConfigError
+    from dbkit.migrate import commands as m
 
     if steps is not None and (to is not None or all_):
         raise ConfigError("--steps cannot be combined with --to or --all")
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
-    result = m.rollback(s, steps=steps or 1, to=to, all=all_, dry_run=dry_run)
+    result = m.rollback(s.target(), steps=steps or 1, to=to, all=all_, dry_run=dry_run)
     _warn(result.warnings)
     if dry_run:
         emit(result.as_dict(), as_json, _render_plan(result, "roll back"))
@@ -118,10 +122,10 @@ def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def status(check: bool, migrations: str | None, as_json: bool) -> None:
     """Every migration, applied (with when) or pending; warns about edited applied files."""
-    from dbkit import migrate as m
     from dbkit.errors import PendingMigrations
+    from dbkit.migrate import commands as m
 
-    report = m.status(settings(migrations=migrations))
+    report = m.status(settings(migrations=migrations).target())
     _warn([d.detail for d in report.drift])
     lines = [f"applied  {a.id:<40} {a.applied_at or '?'}" + ("" if a.file else "  (file gone)")
              for a in report.applied]
@@ -145,15 +149,14 @@ def verify(migrations: str | None, accept: tuple[str, ...], as_json: bool) -> No
 
     --accept ID records an applied migration's edited file as its version (Flyway's repair),
     for a deliberate, harmless edit; nothing runs, and history records it."""
-    from dbkit import drift
-    from dbkit import migrate as m
     from dbkit.errors import DriftDetected
+    from dbkit.migrate import commands as m
 
-    s = settings(migrations=migrations)
+    target = settings(migrations=migrations).target()
     if accept:
-        for mid in drift.accept(s, list(accept)):
+        for mid in m.accept(target, list(accept)):
             click.echo(f"accepted {mid}: its file as it is now is the recorded version", err=True)
-    report = m.status(s)
+    report = m.status(target)
     if report.drift:
         if as_json:  # the report on stdout for tools, the one-line error on stderr
             emit(report.as_dict(), True)
@@ -171,9 +174,9 @@ def verify(migrations: str | None, accept: tuple[str, ...], as_json: bool) -> No
 def dump(file: Path | None, as_json: bool) -> None:
     """The schema as SQL, for review and diffs: pg_dump --schema-only as the DATABASE_URL role,
     without dbkit's and yoyo's bookkeeping tables, then the list of applied migrations."""
-    from dbkit import dump as d
+    from dbkit.migrate import commands as m
 
-    result = d.dump(settings(), file)
+    result = m.dump(settings().target(), file)
     text = (f"wrote {result.file} ({len(result.applied)} applied migration(s))" if result.file
             else result.sql.rstrip("\n"))
     emit(result.as_dict(), as_json, text)
@@ -185,7 +188,7 @@ def dump(file: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def new(name: str, migrations: str | None, as_json: bool) -> None:
     """Write the next-numbered migration NNNN_NAME.sql and its .rollback.sql."""
-    from dbkit import migrate as m
+    from dbkit.migrate import commands as m
 
     r = m.new_migration(settings(migrations=migrations), name)
     text = (f"created {r.path}\ncreated {r.rollback_path}" if r.created
@@ -198,9 +201,9 @@ def new(name: str, migrations: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable list.")
 def history(limit: int | None, as_json: bool) -> None:
     """Every apply, rollback, mark and accept dbkit ran: who, where, when, how long, outcome."""
-    from dbkit.history import history as read_history
+    from dbkit.migrate import commands as m
 
-    entries = read_history(settings(), limit=limit)
+    entries = m.history(settings().target(), limit=limit)
     lines = [f"{e.started_at:%Y-%m-%d %H:%M:%S%z}  {e.direction:<8} {e.migration:<36} "
              f"{e.outcome:<11} {_ms(e.duration_ms):>9}  {e.db_user} ({e.os_user}@{e.hostname},"
              f" dbkit {e.dbkit_version})" + (f"  {e.error}" if e.error else "")

@@ -6,11 +6,14 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from dbkit.cli import cli, emit, settings
+from dbkit.cli.common import cli, emit, settings
+
+if TYPE_CHECKING:
+    from dbkit.seed.commands import SeedResult
 
 
 @cli.command()
@@ -36,8 +39,8 @@ def seed(users: int | None, posts: int | None, votes: int | None, seed_value: in
     dbkit seed --users 1000 --posts 100000 --votes 50000 --seed 7
     dbkit seed --from ./seed-data/              users/posts/votes .csv, .json or .jsonl
     """
-    from dbkit import seed as lib
     from dbkit.errors import ConfigError
+    from dbkit.seed import commands as lib
 
     synthetic = any(v is not None for v in (users, posts, votes))
     if sources and synthetic:
@@ -46,21 +49,21 @@ def seed(users: int | None, posts: int | None, votes: int | None, seed_value: in
     if not synthetic and (seed_value is not None or append):
         raise ConfigError("--seed and --append apply to synthetic data",
                           hint="add --users/--posts/--votes")
-    s = settings()
+    target = settings().target()
     if synthetic:
         u, p, v = users or 0, posts or 0, votes or 0
         lib.check_counts(u, p, v)
         with _bar(u + p + v) as tick:
-            result = lib.seed_synthetic(s, u, p, v, seed_value or 0, append=append,
+            result = lib.seed_synthetic(target, u, p, v, seed_value or 0, append=append,
                                         progress=tick, dry_run=dry_run)
     elif sources:
-        from dbkit.seed_read import discover, estimate_rows
+        from dbkit.seed.files import discover, estimate_rows
 
         found = discover(list(sources))
         with _bar(estimate_rows(found)) as tick:
-            result = lib.seed_files(s, list(sources), progress=tick, dry_run=dry_run)
+            result = lib.seed_files(target, list(sources), progress=tick, dry_run=dry_run)
     else:
-        result = lib.seed_sample(s, dry_run=dry_run)
+        result = lib.seed_sample(target, dry_run=dry_run)
     emit(result.as_dict(), as_json, render(result))
 
 
@@ -75,7 +78,7 @@ def _bar(total: int) -> Iterator[Callable[[int], None] | None]:
         yield bar.update
 
 
-def render(result: Any) -> str:  # dbkit.seed.SeedResult
+def render(result: SeedResult) -> str:
     what = {"sample": "sample data", "synthetic": f"synthetic data (seed {result.seed})",
             "files": "files " + ", ".join(result.sources)}[result.mode]
     head = "dry run (rolled back): would seed" if result.dry_run else "seeded"

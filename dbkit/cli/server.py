@@ -1,38 +1,15 @@
-"""dbkit setup, and dbkit server start|stop|status|url (dbkit's own local PostgreSQL)."""
+"""dbkit server start|stop|status|url: dbkit's own local PostgreSQL."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from dbkit.cli import cli, emit, settings
+from dbkit.cli.common import cli, emit, settings
 
-
-@cli.command()
-@click.option("--no-seed", is_flag=True, help="Skip the sample data.")
-@click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL even if another answers.")
-@click.option("--migrations", type=click.Path(file_okay=False), default=None,
-              help="Migrations directory (DBKIT_MIGRATIONS).")
-@click.option("--rotate-password", is_flag=True,
-              help="Give an existing role a new password (e.g. after .env was lost): the one in "
-              "DATABASE_URL, else a generated one written to .env.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: bool,
-          as_json: bool) -> None:
-    """Create (if needed), migrate and seed: one command to a working database.
-
-    Idempotent. If migrating or seeding fails, the role and database this run created are
-    removed again; existing ones are never dropped."""
-    from dbkit.prepare import setup as run_setup
-
-    result = run_setup(settings(local=local, migrations=migrations), seed=not no_seed,
-                       rotate=rotate_password)
-    lines = [f"{s['step']:<8} {s['detail']}" for s in result.steps]
-    lines.append("ready: " + ("done" if result.changed else "nothing changed, already up to date")
-                 + f" ({result.seconds:.2f}s)")
-    lines.append(f"DATABASE_URL={result.url}")
-    lines.append(f"written to {result.env_file}" if result.env_file
-                 else "DATABASE_URL comes from the environment")
-    emit(result.as_dict(), as_json, "\n".join(lines))
+if TYPE_CHECKING:
+    from dbkit.server import LocalServer
 
 
 @cli.group()
@@ -40,11 +17,10 @@ def server() -> None:
     """dbkit's own local PostgreSQL (data under DBKIT_DATA_DIR, default ./.dbkit)."""
 
 
-def _local():  # -> LocalServer
-    from dbkit.server import LocalServer
+def _local() -> LocalServer:
+    from dbkit.admin import project_server
 
-    s = settings()
-    return LocalServer(s.data_path, s.pg_bin)
+    return project_server(settings())
 
 
 @server.command()

@@ -26,7 +26,7 @@ import pytest
 from helpers import clean_env
 from psycopg import sql
 
-from dbkit.testing import unique_name
+from cluster import unique_name
 
 pytestmark = pytest.mark.faults
 
@@ -283,7 +283,7 @@ def test_sigkill_during_seed_leaves_all_or_nothing(app, admin_conn, fault_scale)
 def test_sigkill_during_reset_leaves_the_old_database_or_the_new_one(app, admin_conn, fault_scale):
     """The name always holds a whole database: the old one untouched, or the new one migrated
     and seeded; never none, never a half-built one. The next reset collects any leftovers."""
-    from dbkit.reset import side_name
+    from dbkit.setup import side_name
 
     assert app.cli("setup").code == 0
     rounds = 2 * fault_scale

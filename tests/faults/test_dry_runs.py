@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbkit.testing import unique_name
+from cluster import unique_name
 
 pytestmark = pytest.mark.faults
 
@@ -187,7 +187,9 @@ def test_every_dry_run_on_a_seeded_database_with_pending_work(app, admin_conn, s
     (bad / "posts.csv").write_text("title,content,owner_email\nX,y,nobody@example.com\n")
     dry(admin_conn, app, ("seed", "--dry-run", "--from", str(bad)), {14})
     # a directory with the shipped migrations plus a pending one
-    from dbkit.migrate import PACKAGED
+    from dbkit.migrate.files import packaged_dir
+
+    PACKAGED = packaged_dir()
 
     mig = tmp_path / "migrations"
     mig.mkdir()

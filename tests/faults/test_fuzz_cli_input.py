@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbkit.errors import EXIT_CODES
-from dbkit.testing import drop_everything
+from cluster import drop_everything
 
 pytestmark = pytest.mark.faults
 DOCUMENTED = {code for code, _ in EXIT_CODES} - {1}

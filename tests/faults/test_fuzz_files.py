@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from dbkit.errors import EXIT_CODES
-from dbkit.testing import drop_everything, unique_name
+from cluster import drop_everything, unique_name
 
 pytestmark = pytest.mark.faults
 DOCUMENTED = {code for code, _ in EXIT_CODES} - {1}

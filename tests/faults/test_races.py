@@ -20,7 +20,7 @@ import pytest
 from helpers import clean_env
 from psycopg import sql
 
-from dbkit.testing import unique_name
+from cluster import unique_name
 
 pytestmark = pytest.mark.faults
 

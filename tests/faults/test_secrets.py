@@ -26,9 +26,10 @@ import pytest
 from helpers import clean_env
 
 from dbkit.server import LocalServer
-from dbkit.settings import read_env_file, update_env_file
-from dbkit.testdb import owner_password
-from dbkit.testing import fast_tmp, unique_name
+from dbkit.envfile import read as read_env_file
+from dbkit.envfile import update as update_env_file
+from dbkit.testdb.template import owner_password
+from cluster import fast_tmp, unique_name
 from dbkit.urls import DbURL
 
 pytestmark = pytest.mark.faults

@@ -1,4 +1,5 @@
-"""Migration files on disk: discovery, ordering, checksums, statements, and ``dbkit new``.
+"""Migration files on disk: which directory, discovery, ordering, checksums, statements, and
+the files ``dbkit new`` writes.
 
 yoyo's rules are kept so ``yoyo apply`` and ``dbkit migrate`` see the same migrations in the
 same order: a migration is a ``.sql`` file (``*.rollback.sql`` is its rollback), its id is the
@@ -15,14 +16,38 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dbkit.settings import Settings
 
 ROLLBACK_SUFFIX = ".rollback.sql"
 _YOYO_TMP_PREFIX = "_tmp_yoyonew"  # yoyo's editor temp files (yoyo.scripts.newmigration)
 _DIRECTIVE = re.compile(r"^\s*--\s*(transactional|depends)\s*:\s*(.*)$")
 _COMMENT_OR_EMPTY = re.compile(r"^(\s*|\s*--.*)$")
 _NUMBERED = re.compile(r"^(\d+)_")
+_PACKAGE = Path(__file__).resolve().parent.parent  # dbkit/
+
+
+def packaged_dir() -> Path:
+    """The posts migrations that ship with dbkit: the repository's top-level ``migrations/``,
+    which the wheel carries as ``dbkit/migrations`` (an editable install reads the checkout's)."""
+    inside = _PACKAGE / "migrations"
+    return inside if inside.is_dir() else _PACKAGE.parent / "migrations"
+
+
+def migrations_dir(settings: Settings) -> Path:
+    """Where migrations live: ``--migrations DIR`` / DBKIT_MIGRATIONS when given (an explicit
+    choice wins), else ``./migrations`` when present, else the posts migrations shipped with
+    dbkit (so dbkit works from any directory after a plain ``pip install``)."""
+    if settings.migrations is not None:
+        return settings.migrations
+    local = settings.cwd / "migrations"
+    if local.is_dir():
+        return local
+    return packaged_dir()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Finding:
 
 def rules() -> list[dict[str, str]]:
     """Every rule: id, title and fix (for ``dbkit lint --rules`` and the docs)."""
-    from dbkit.lint_rules import RULES
+    from dbkit.lint.rules import RULES
 
     return [{"id": r.id, "title": r.title, "fix": r.fix} for r in RULES.values()]
 
@@ -49,7 +49,7 @@ def rules() -> list[dict[str, str]]:
 def is_transactional(text: str) -> bool:
     """yoyo runs a migration in one transaction unless its header says ``transactional: false``
     (read by the same parser the runner uses, so lint and migrate never disagree)."""
-    from dbkit.migration_files import header
+    from dbkit.migrate.files import header
 
     return header(text).get("transactional", "true").strip().lower() != "false"
 
@@ -61,7 +61,7 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
     import pglast
     from pglast import parser
 
-    from dbkit.lint_rules import RULES, Checker
+    from dbkit.lint.rules import RULES, Checker
 
     lines = _LineIndex(text)
     try:
@@ -119,7 +119,7 @@ def _left_not_valid(path: Path) -> dict[Any, str]:
     directory (yoyo's order: by file name)."""
     import pglast
 
-    from dbkit.lint_rules import Checker
+    from dbkit.lint.rules import Checker
 
     left: dict[Any, str] = {}
     for f in sorted(path.parent.glob("*.sql")):
@@ -165,7 +165,7 @@ def lint_paths(paths: Iterable[str | Path]) -> list[Finding]:
 
 def _ignores(comments: list[tuple[int, str]], lines: _LineIndex, from_line: int, to_line: int,
              start: int, end: int) -> tuple[set[str], list[str]]:
-    from dbkit.lint_rules import RULES
+    from dbkit.lint.rules import RULES
 
     ignored: set[str] = set()
     bad: list[str] = []

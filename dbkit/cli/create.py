@@ -1,12 +1,16 @@
-"""dbkit create / drop."""
+"""dbkit create / drop: the role and database named in DATABASE_URL."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from dbkit.cli import cli, confirm, emit, settings
+from dbkit.cli.common import cli, confirm, emit, settings
+
+if TYPE_CHECKING:
+    from dbkit.provision import Result
 
 
 @cli.command()
@@ -27,15 +31,18 @@ def create(app_role: str | None, connection_limit: int | None, password_stdin: b
            rotate_password: bool, print_url: bool, local: bool, wait_s: float | None,
            dry_run: bool, as_json: bool) -> None:
     """Create the role and database named in DATABASE_URL (idempotent)."""
-    from dbkit import provision
-    from dbkit.db import admin_url, wait_for
+    from dbkit import admin, provision
+    from dbkit.db import wait_ready
 
     s = settings(app_role=app_role, local=local)
+    target = s.target()
     password = _read_password() if password_stdin else None
+    server = admin.resolve(s)
     if wait_s:
-        wait_for(admin_url(s), s, wait_s)
-    result = provision.create(s, dry_run=dry_run, password=password, rotate=rotate_password,
-                              connection_limit=connection_limit, print_url=print_url)
+        wait_ready(server, s, round(wait_s * 1000))
+    result = provision.create(target, server, dry_run=dry_run, password=password,
+                              rotate=rotate_password, connection_limit=connection_limit,
+                              print_url=print_url)
     emit(result.as_dict(), as_json, _render(result))
 
 
@@ -49,13 +56,13 @@ def create(app_role: str | None, connection_limit: int | None, password_stdin: b
 def drop(force: bool, yes: bool, app_role: str | None, local: bool, dry_run: bool,
          as_json: bool) -> None:
     """Drop the database and role(s) named in DATABASE_URL (the inverse of create)."""
-    from dbkit import provision
+    from dbkit import admin, provision
 
     s = settings(app_role=app_role, local=local)
-    url = s.app_url()
+    target = s.target()
     if not dry_run:
-        confirm(f"Drop database {url.dbname!r} and role {url.user!r}?", yes)
-    result = provision.drop(s, force=force, dry_run=dry_run)
+        confirm(f"Drop database {target.dbname!r} and role {target.role!r}?", yes)
+    result = provision.drop(target, admin.resolve(s), force=force, dry_run=dry_run)
     emit(result.as_dict(), as_json, _render(result, verb="dropped"))
 
 
@@ -68,7 +75,7 @@ def _read_password() -> str:
     return line
 
 
-def _render(result, verb: str = "created") -> str:  # noqa: ANN001 - provision.Result
+def _render(result: Result, verb: str = "created") -> str:
     lines: list[str] = []
     if result.dry_run:
         lines.append("-- dry run: nothing changed. Plan:")

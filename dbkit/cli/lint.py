@@ -1,4 +1,4 @@
-"""dbkit lint / doctor: production safety checks."""
+"""dbkit lint: statements in migration files that are unsafe on a live database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dbkit.cli import cli, emit, settings
+from dbkit.cli.common import cli, emit, settings
 
 
 @cli.command()
@@ -20,8 +20,8 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
     *.rollback.sql files are skipped. Silence one statement with a comment
     '-- dbkit: ignore RULE-ID' inside or above it.
     """
-    from dbkit import lint as linter
     from dbkit.errors import LintFindings
+    from dbkit.lint import engine as linter
 
     if list_rules:
         rows = linter.rules()
@@ -46,27 +46,10 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
 def _migrations_dir() -> Path:
     """The directory dbkit migrate uses (DBKIT_MIGRATIONS, ./migrations, or the shipped ones)."""
     from dbkit.errors import ConfigError
-    from dbkit.migrate import migrations_dir
+    from dbkit.migrate.files import migrations_dir
 
     path = migrations_dir(settings())
     if not path.is_dir():
         raise ConfigError(f"migrations directory {path} does not exist",
                           hint="pass files or directories, or set DBKIT_MIGRATIONS")
     return path
-
-
-@cli.command()
-@click.option("--long-transaction", "long_tx", type=click.FloatRange(min=0), default=300,
-              show_default=True, help="Warn about transactions open longer than SECONDS.")
-@click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(long_tx: float, local: bool, as_json: bool) -> None:
-    """Check the database and its configuration: one line per check (pass/warn/fail)."""
-    from dbkit import doctor as doc
-    from dbkit.errors import CheckFailed
-
-    report = doc.run(settings(local=local), long_transaction_s=long_tx)
-    emit(report.as_dict(), as_json, "\n".join(c.line() for c in report.checks))
-    if report.failed:
-        raise CheckFailed(f"{len(report.failed)} check(s) failed: "
-                          f"{', '.join(c.name for c in report.failed)}")

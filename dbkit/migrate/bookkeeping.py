@@ -1,4 +1,5 @@
-"""What the database records about its migrations: yoyo's own tables, plus dbkit's checksums.
+"""What the database records about its migrations: yoyo's own tables, dbkit's checksums, and
+dbkit's history of every run.
 
 yoyo's tables (``_yoyo_migration``, ``_yoyo_log``, ``_yoyo_version``, ``yoyo_lock``) are
 created by yoyo's own code on first use, so ``yoyo list`` / ``yoyo apply`` read exactly what
@@ -8,6 +9,13 @@ records after the commit, on another connection).
 
 yoyo keys migrations by sha256 of the *id*, so it cannot notice an edited file; dbkit keeps
 sha256 of each applied migration's *content* in ``_dbkit_checksum`` for ``dbkit verify``.
+
+``_dbkit_history`` (``dbkit history``) has a row per apply, rollback, mark and accept: written
+as ``running`` (committed on its own) just before a migration starts; the migration's own
+transaction turns it into ``ok``, so a success is recorded atomically with the change. A failure
+is recorded as ``failed`` with PostgreSQL's message after the rollback. A process killed
+mid-migration leaves ``running`` behind, which the next run (holding the migration lock, so
+nobody else can be running) marks ``interrupted``.
 """
 
 from __future__ import annotations
@@ -17,16 +25,19 @@ import getpass
 import logging
 import os
 import socket
+import time
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from dbkit import __version__
 from dbkit.errors import PermissionDenied
+from dbkit.migrate.files import MigrationFile
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg import sql
 
-    from dbkit.migration_files import MigrationFile
     from dbkit.settings import Settings
     from dbkit.urls import DbURL
 
@@ -60,7 +71,7 @@ class State:
         return {a.hash for a in self.applied}
 
 
-def _ident(name: str):  # -> sql.Identifier
+def _ident(name: str) -> sql.Identifier:
     from psycopg import sql
 
     return sql.Identifier(name)
@@ -109,14 +120,12 @@ def ensure_tables(conn: psycopg.Connection, url: DbURL, settings: Settings, stat
             hint="run migrations as the database owner (DATABASE_URL from dbkit create)")
     if not yoyo_ready:
         _yoyo_bootstrap(url, settings, state)
-    from dbkit.history import create_table
-
     with conn.transaction():
         conn.execute(sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (migration_id varchar(255) PRIMARY KEY,"
             " checksum char(64) NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())"
         ).format(_ident(CHECKSUMS)))
-        create_table(conn)
+        conn.execute(sql.SQL(_HISTORY_DDL).format(_ident(HISTORY)))
     return read_state(conn)
 
 
@@ -129,7 +138,7 @@ def _yoyo_bootstrap(url: DbURL, settings: Settings, state: State) -> None:
     # Built field by field (no URL string): the password is never rendered, and names need no
     # quoting (yoyo does not unquote the database name of a URL).
     args = dict(url.params)
-    args.setdefault("connect_timeout", str(max(1, round(float(settings.connect_timeout)))))
+    args.setdefault("connect_timeout", str(settings.connect_timeout_s))
     args.setdefault("application_name", "dbkit migrate")
     uri = DatabaseURI(scheme="postgresql+psycopg", username=url.user, password=url.password,
                       hostname=url.host, port=url.port, database=url.dbname, args=args)
@@ -218,3 +227,116 @@ def adopt(conn: psycopg.Connection, files: list[MigrationFile], state: State) ->
             for mid in stale:
                 state.checksums.pop(mid, None)
     return sorted(adopted)
+
+
+# -- history ---------------------------------------------------------------------------------
+DIRECTIONS = ("apply", "rollback", "mark", "accept")
+_HISTORY_DDL = """CREATE TABLE IF NOT EXISTS {} (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id        uuid        NOT NULL,
+    migration_id  text        NOT NULL,
+    direction     text        NOT NULL CHECK (direction IN ('apply', 'rollback', 'mark',
+                                                               'accept')),
+    outcome       text        NOT NULL
+                  CHECK (outcome IN ('running', 'ok', 'failed', 'interrupted')),
+    db_user       text        NOT NULL DEFAULT current_user,
+    os_user       text        NOT NULL,
+    hostname      text        NOT NULL,
+    dbkit_version text        NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz,
+    duration_ms   double precision,
+    error         text
+)"""
+
+
+@dataclass
+class Entry:
+    id: int
+    run_id: str
+    migration: str
+    direction: str
+    outcome: str
+    db_user: str
+    os_user: str
+    hostname: str
+    dbkit_version: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    duration_ms: float | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def allow_all_directions(conn: psycopg.Connection) -> None:
+    """Tables made before ``--mark-applied`` / ``verify --accept`` accept only apply/rollback."""
+    from psycopg import sql
+
+    row = conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+        " AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%%direction%%'", (HISTORY,)
+    ).fetchone()
+    if row and not all(f"'{d}'" in row[1] for d in DIRECTIONS):
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} CHECK"
+                             " (direction IN ({}))").format(
+            sql.Identifier(HISTORY), sql.Identifier(row[0]), sql.Identifier(row[0]),
+            sql.SQL(", ").join(map(sql.Literal, DIRECTIONS))))
+
+
+class Recorder:
+    """History rows for one run (one ``dbkit migrate``/``rollback``)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.run_id = uuid.uuid4()
+        self.user, self.host = _who()
+
+    def interrupted(self) -> int:
+        """Rows a killed run left ``running``; only call while holding the migration lock."""
+        from psycopg import sql
+
+        cur = self.conn.execute(sql.SQL(
+            "UPDATE {} SET outcome = 'interrupted', error = 'the process ended mid-migration"
+            " (killed?); the migration was rolled back by PostgreSQL' WHERE outcome = 'running'"
+        ).format(sql.Identifier(HISTORY)))
+        return cur.rowcount
+
+    def start(self, migration: str, direction: str) -> tuple[int, float]:
+        from psycopg import sql
+
+        row = self.conn.execute(sql.SQL(
+            "INSERT INTO {} (run_id, migration_id, direction, outcome, os_user, hostname,"
+            " dbkit_version) VALUES (%s, %s, %s, 'running', %s, %s, %s) RETURNING id"
+        ).format(sql.Identifier(HISTORY)),
+            (self.run_id, migration, direction, self.user, self.host, __version__)).fetchone()
+        return row[0], time.perf_counter()
+
+    def finish(self, entry: tuple[int, float], outcome: str, error: str | None = None) -> float:
+        """Close a row; inside the migration's transaction for ``ok``. Returns milliseconds."""
+        from psycopg import sql
+
+        ms = round((time.perf_counter() - entry[1]) * 1000, 3)
+        self.conn.execute(sql.SQL(
+            "UPDATE {} SET outcome = %s, finished_at = clock_timestamp(), duration_ms = %s,"
+            " error = %s WHERE id = %s").format(sql.Identifier(HISTORY)),
+            (outcome, ms, error, entry[0]))
+        return ms
+
+
+def read_history(conn: psycopg.Connection, limit: int | None = None) -> list[Entry]:
+    from psycopg import sql
+
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                          (sql.Identifier(HISTORY).as_string(conn),)).fetchone()[0]
+    if not exists:
+        return []
+    query = sql.SQL(
+        "SELECT id, run_id::text, migration_id, direction, outcome, db_user, os_user, hostname,"
+        " dbkit_version, started_at, finished_at, duration_ms, error FROM {} ORDER BY id DESC"
+        " {}").format(sql.Identifier(HISTORY),
+                      sql.SQL("LIMIT {}").format(sql.Literal(limit)) if limit else sql.SQL(""))
+    return [Entry(*r) for r in reversed(conn.execute(query).fetchall())]
+
+

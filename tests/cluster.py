@@ -1,5 +1,6 @@
-"""Throwaway PostgreSQL for tests: dbkit's own LocalServer in a temporary directory (dogfood),
-or an external server named by a URL (CI services). Used by dbkit's own suite and plugin."""
+"""The test suite's own PostgreSQL: dbkit's LocalServer in a temporary directory (dogfood), or
+an external server named by a URL (CI services). Used by the tests and the benchmarks; not part
+of the installed package."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loading checked seed rows (``dbkit.seed_read``) by natural key, in the caller's transaction.
+"""Loading checked seed rows (``dbkit.seed.files``) by natural key, in the caller's transaction.
 
 Valid rows are COPYed into a temporary staging table that keeps each row's line number; the
 checks that need the database (does this owner exist? is this id someone else's?) run there as
@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dbkit.errors import DataError
-from dbkit.seed_read import SPEC, TABLES, Source, convert, records
+from dbkit.seed.files import SPEC, TABLES, Source, convert, records
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-    from dbkit.seed import Progress
+    from dbkit.seed.bulk import Progress
 
 _SQL_TYPES = {"id": "bigint", "key": "text", "body": "text", "text": "text", "bool": "boolean",
               "ts": "timestamptz"}

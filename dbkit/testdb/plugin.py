@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 if TYPE_CHECKING:
     import psycopg
 
-    from dbkit.clones import CloneSession
-    from dbkit.testdb import Template
+    from dbkit.settings import Settings
+    from dbkit.testdb.clones import CloneSession
+    from dbkit.testdb.template import Template
     from dbkit.urls import DbURL
 
 
@@ -39,14 +40,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _fail(exc: Exception) -> NoReturn:
-    from dbkit.cli import scrub
+    from dbkit.urls import mask_secrets
 
     msg = getattr(exc, "message", str(exc))
     hint = getattr(exc, "hint", "")
-    pytest.fail(f"dbkit: {scrub(msg)}" + (f" (hint: {hint})" if hint else ""), pytrace=False)
+    pytest.fail(f"dbkit: {mask_secrets(msg)}" + (f" (hint: {hint})" if hint else ""),
+                pytrace=False)
 
 
-def _settings(config: pytest.Config) -> Any:
+def _settings(config: pytest.Config) -> Settings:
     from dbkit.settings import Settings
 
     flags = {"admin_url": config.getini("dbkit_admin_url") or None,
@@ -60,13 +62,15 @@ def _settings(config: pytest.Config) -> Any:
 
 @pytest.fixture(scope="session")
 def _dbkit_session(request: pytest.FixtureRequest) -> Iterator[CloneSession]:
-    from dbkit.clones import CloneSession
+    from dbkit import admin
     from dbkit.errors import DbkitError
+    from dbkit.testdb.clones import CloneSession
 
     config = request.config
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
     try:
-        session = CloneSession(_settings(config), worker=worker,
+        settings = _settings(config)
+        session = CloneSession(settings, admin.resolve(settings), worker=worker,
                                seed=bool(config.getini("dbkit_seed")),
                                background=bool(config.getini("dbkit_background")))
     except DbkitError as exc:

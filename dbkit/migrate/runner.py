@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbkit import ledger
-from dbkit.db import connect
-from dbkit.errors import ConfigError, DbkitError, LockTimeout, MigrationError
-from dbkit.history import Recorder
-from dbkit.migration_files import MigrationFile, Statement, position, statements
-from dbkit.migration_lock import MIGRATE_APP, with_app
+from dbkit.db import connect, describe, error_class, value
+from dbkit.errors import ConfigError, ConnectError, DbkitError, LockTimeout, MigrationError
+from dbkit.migrate import bookkeeping
+from dbkit.migrate.bookkeeping import Recorder
+from dbkit.migrate.files import MigrationFile, Statement, position, statements
+from dbkit.migrate.lock import MIGRATE_APP
+from dbkit.urls import with_app
 
 if TYPE_CHECKING:
     import psycopg
@@ -65,15 +66,15 @@ class Runner:
         # migration stops within a second instead of running on, holding its locks.
         self.check_client = conn.info.server_version >= 140000
 
-    def prepare(self, files: list[MigrationFile]) -> ledger.State:
+    def prepare(self, files: list[MigrationFile]) -> bookkeeping.State:
         """Under the lock: bookkeeping tables, leftovers of killed runs, yoyo-applied checksums."""
-        state = ledger.read_state(self.conn)
-        state = ledger.ensure_tables(self.conn, self.url, self.settings, state)
+        state = bookkeeping.read_state(self.conn)
+        state = bookkeeping.ensure_tables(self.conn, self.url, self.settings, state)
         self._end_orphans()
         if self.recorder.interrupted():
             self.notes.append("an earlier migration run was interrupted mid-migration (killed?);"
                               " PostgreSQL rolled that migration back (see dbkit history)")
-        adopted = ledger.adopt(self.conn, files, state)
+        adopted = bookkeeping.adopt(self.conn, files, state)
         if adopted:
             log.info("recorded checksums of migrations applied outside dbkit: %s", ", ".join(adopted))
         return state
@@ -103,8 +104,8 @@ class Runner:
             except psycopg.Error as exc:
                 self.notes.append(f"could not end session {pid}: {exc.diag.message_primary}")
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and self.conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
+        while time.monotonic() < deadline and value(
+                self.conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)):
             time.sleep(0.05)
 
     def _set_local_timeouts(self) -> None:
@@ -130,8 +131,6 @@ class Runner:
         would land on one server connection (and stay there) while the statement runs on
         another. A pooler that refuses startup options gets the statements without timeouts,
         and a warning naming the fix."""
-        from dbkit.errors import ConnectError
-
         ours = (f"-c lock_timeout={self.timeouts.lock_ms}ms"
                 f" -c statement_timeout={self.timeouts.statement_ms}ms"
                 + (" -c client_connection_check_interval=1000" if self.check_client else ""))
@@ -146,7 +145,7 @@ class Runner:
                 raise
             conn = connect(with_app(self.url, MIGRATE_APP), self.settings, autocommit=True)
         conn.prepare_threshold = None
-        got = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+        got = value(conn, "SELECT current_setting('lock_timeout')")
         if self.timeouts.lock_ms and got in ("0", ""):
             self.notes.append(
                 f"{mf.id} (non-transactional) ran without lock_timeout/statement_timeout: the "
@@ -181,7 +180,7 @@ class Runner:
                         self._exec(mf, current)
                         self._still_in(mf, path, current, self.conn, in_transaction=True)
                     current = None
-                    ledger.record(self.conn, mf, direction)
+                    bookkeeping.record(self.conn, mf, direction)
                     ms = self.recorder.finish(entry, "ok")
             else:
                 with self._autocommit_conn(mf) as own:
@@ -191,7 +190,7 @@ class Runner:
                     current = None
                 self._check_invalid_indexes(mf, path)
                 with self.conn.transaction():
-                    ledger.record(self.conn, mf, direction)
+                    bookkeeping.record(self.conn, mf, direction)
                     ms = self.recorder.finish(entry, "ok")
         except psycopg.Error as exc:
             err = _error(mf, path, current, exc, self.timeouts, direction)
@@ -204,17 +203,15 @@ class Runner:
 
     def mark(self, mf: MigrationFile) -> Ran:
         """Record as applied without running it: the database already has what it does."""
-        return self._bookkeeping(mf, "mark", lambda: ledger.record(self.conn, mf, "apply",
+        return self._bookkeeping(mf, "mark", lambda: bookkeeping.record(self.conn, mf, "apply",
                                                                    operation="mark"))
 
     def accept(self, mf: MigrationFile) -> Ran:
         """Record an applied migration's edited file as its version (nothing runs)."""
-        return self._bookkeeping(mf, "accept", lambda: ledger.set_checksum(self.conn, mf))
+        return self._bookkeeping(mf, "accept", lambda: bookkeeping.set_checksum(self.conn, mf))
 
     def _bookkeeping(self, mf: MigrationFile, direction: str, write: Callable[[], None]) -> Ran:
-        from dbkit.history import allow_all_directions
-
-        allow_all_directions(self.conn)
+        bookkeeping.allow_all_directions(self.conn)
         entry = self.recorder.start(mf.id, direction)
         with self.conn.transaction():
             write()
@@ -269,10 +266,12 @@ class Runner:
 
 def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception,
            timeouts: Timeouts, direction: str) -> DbkitError:
+    """A failed migration statement, named by file:line:column, with what became of the work
+    (the kind of error is the one translator's: ``dbkit.db.error_class``)."""
     import psycopg
 
     diag = getattr(exc, "diag", None)
-    primary = (diag.message_primary if diag else None) or str(exc).strip().splitlines()[0]
+    primary = (diag.message_primary if diag else None) or describe(exc)
     state = getattr(exc, "sqlstate", None)
     where = path.name
     if stmt is not None:
@@ -284,20 +283,20 @@ def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception
             "statements before it were committed (non-transactional migration) and it is not"
             " recorded as applied")
     detail = f"; {diag.message_detail}" if diag and diag.message_detail else ""
-    if isinstance(exc, psycopg.errors.LockNotAvailable):
+    kind = error_class(exc, within=MigrationError)
+    if kind is LockTimeout:
         return LockTimeout(
             f"{where}: gave up waiting {timeouts.lock_ms / 1000:g}s (lock_timeout) for a lock: "
             f"{primary}; {kept}",
             hint="a long-running transaction holds a lock this migration needs; find it in "
             "pg_stat_activity and retry, or raise --lock-timeout")
     if isinstance(exc, psycopg.errors.QueryCanceled):
-        return MigrationError(f"{where}: {primary} (statement_timeout "
-                              f"{timeouts.statement_ms / 1000:g}s); {kept}",
-                              hint="raise --statement-timeout / DBKIT_STATEMENT_TIMEOUT, or split "
-                              "the migration")
-    if isinstance(exc, psycopg.OperationalError) and not state:
-        return MigrationError(f"{where}: the connection was lost: {primary}; {kept}",
-                              hint="check the server, then run dbkit migrate again")
+        return kind(f"{where}: {primary} (statement_timeout {timeouts.statement_ms / 1000:g}s);"
+                    f" {kept}", hint="raise --statement-timeout / DBKIT_STATEMENT_TIMEOUT, or "
+                    "split the migration")
+    if not state:
+        return kind(f"{where}: the connection was lost: {primary}; {kept}",
+                    hint="check the server, then run dbkit migrate again")
     earlier = ""
     if mf.transactional:
         earlier = ("; earlier migrations stay applied" if direction == "apply"
@@ -307,5 +306,4 @@ def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception
                                            DuplicateObject | psycopg.errors.DuplicateColumn):
         hint = ("if the database already has what this migration makes, record it without "
                 f"running it: dbkit migrate --mark-applied --to {mf.id}")
-    return MigrationError(f"{where}: {primary}{detail} (SQLSTATE {state}); {kept}{earlier}",
-                          hint=hint)
+    return kind(f"{where}: {primary}{detail} (SQLSTATE {state}); {kept}{earlier}", hint=hint)

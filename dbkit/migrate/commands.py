@@ -1,112 +1,87 @@
-"""Versioned migrations on yoyo's bookkeeping: migrate, rollback, status, verify, new.
+"""The migration commands over yoyo's bookkeeping, as Alembic's ``command.py``: migrate,
+rollback, status, verify and accept, new, history and dump.
 
-Library API (the CLI in ``dbkit.cli.migrate`` is a skin over it)::
+Library API (the CLI in ``dbkit.cli.migrate`` is a skin over it); every function that touches a
+database takes the ``Target`` it acts on (``settings.target()``, or ``Target.of(url, settings)``
+for another database, e.g. a test template). Migrations reach it by ``target.migrate_url``::
 
-    migrations_dir(settings) -> Path
-    pending_ids(settings) -> list[str]                      read-only, no lock
-    status(settings) -> StatusReport                        applied (with when), pending, drift
-    verify(settings) -> StatusReport                        raises DriftDetected
-    ensure_up_to_date(settings)                             raises SchemaNotReady
-    migrate(settings, *, to=None, dry_run=False, allow_unsafe=False) -> MigrateResult
-    rollback(settings, *, steps=1, to=None, all=False, dry_run=False) -> RollbackResult
+    pending_ids(target) -> list[str]                        read-only, no lock
+    ensure_up_to_date(target)                               raises SchemaNotReady
+    status(target) -> StatusReport                          applied (with when), pending, drift
+    verify(target) -> StatusReport                          raises DriftDetected
+    accept(target, ids) -> list[str]                        records edited files (Flyway repair)
+    migrate(target, *, to=None, dry_run=False, allow_unsafe=False, mark=False) -> MigrateResult
+    rollback(target, *, steps=1, to=None, all=False, dry_run=False) -> RollbackResult
     new_migration(settings, name) -> NewResult
+    history(target, *, limit=None) -> list[Entry]
+    dump(target, file=None) -> DumpResult
 
-Every function that touches a database also takes ``url=`` (a DbURL) and/or ``dbname=`` to
-work on another database than DBKIT_MIGRATE_URL / DATABASE_URL (e.g. a test template).
 See docs/migrations.md for the guarantees (locking, crash safety, timeouts).
 """
 
 from __future__ import annotations
 
-import re
+import os
+import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import connect
-from dbkit.drift import Drift, find
+from dbkit.db import connect, translate
 from dbkit.errors import (
     ConfigError,
-    ConnectError,
     DriftDetected,
     MigrationError,
     PermissionDenied,
     SchemaNotReady,
+    ServerError,
 )
-from dbkit.ledger import State, read_state
-from dbkit.lint import gate as lint_gate
-from dbkit.migration_files import MigrationFile, discover, statements
-from dbkit.migration_files import new_migration as _new_files
-from dbkit.migration_lock import MIGRATE_APP, MigrationLock, with_app
-from dbkit.migration_runner import Ran, Runner, Timeouts
+from dbkit.lint.engine import gate as lint_gate
+from dbkit.migrate.bookkeeping import ALL_TABLES, Entry, State, read_history, read_state
+from dbkit.migrate.drift import Drift, find
+from dbkit.migrate.files import (
+    MigrationFile,
+    discover,
+    migrations_dir,
+    packaged_dir,
+    statements,
+)
+from dbkit.migrate.files import new_migration as _new_files
+from dbkit.migrate.lock import MIGRATE_APP, MigrationLock
+from dbkit.migrate.runner import Ran, Runner, Timeouts
+from dbkit.urls import with_app
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import psycopg
 
-    from dbkit.settings import Settings
+    from dbkit.settings import Settings, Target
     from dbkit.urls import DbURL
 
-PACKAGED = Path(__file__).resolve().parent / "migrations"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
 
-
-def migrations_dir(settings: Settings) -> Path:
-    """Where migrations live: ``--migrations DIR`` / DBKIT_MIGRATIONS when given (an explicit
-    choice wins), else ``./migrations`` when present, else the posts migrations shipped in the
-    package (so dbkit works from any directory after a plain ``pip install``)."""
-    if settings.migrations:
-        p = Path(settings.migrations).expanduser()
-        return p if p.is_absolute() else settings.cwd / p
-    local = settings.cwd / "migrations"
-    if local.is_dir():
-        return local
-    return PACKAGED
-
-
-def duration_ms(value: str, what: str) -> int:
-    """``5s``, ``500ms``, ``2min``, ``1h``; a bare number is seconds; 0 means no limit."""
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ConfigError(f"{what} must be a duration like 5s, 500ms or 2min (got {value!r})")
-    return round(float(m.group(1)) * _UNIT_MS[m.group(2) or "s"])
-
-
-def timeouts(settings: Settings) -> Timeouts:
-    return Timeouts(lock_ms=duration_ms(settings.lock_timeout, "DBKIT_LOCK_TIMEOUT/--lock-timeout"),
-                    statement_ms=duration_ms(settings.statement_timeout,
-                                             "DBKIT_STATEMENT_TIMEOUT/--statement-timeout"))
-
-
-def _target(settings: Settings, url: DbURL | None, dbname: str | None) -> DbURL:
-    target = url or settings.migration_url()
-    return target.with_(dbname=dbname) if dbname else target
+def _timeouts(settings: Settings) -> Timeouts:
+    return Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms)
 
 
 @contextmanager
-def _db_errors(target: DbURL) -> Iterator[None]:
-    """Driver errors outside a migration's own statements, as named errors."""
+def _db_errors(url: DbURL) -> Iterator[None]:
+    """Driver errors outside a migration's own statements (those name their file and line)."""
     import psycopg
 
     try:
         yield
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise PermissionDenied(f"permission denied in {target.dbname}: {exc.diag.message_primary}",
-                               hint="run migrations as the database owner (the role in "
-                               "DATABASE_URL from dbkit create)") from None
-    except psycopg.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise ConnectError(f"lost the connection to {target}: {first}") from None
+    except psycopg.Error as exc:
+        raise translate(exc, f"migrations of {url.dbname}", hints={
+            PermissionDenied: "run migrations as the database owner (the role in DATABASE_URL "
+            "from dbkit create)"}) from None
 
 
 @contextmanager
-def _reader(target: DbURL, settings: Settings) -> Iterator[psycopg.Connection]:
+def _reader(url: DbURL, settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     """A read-only look: no lock, nothing created."""
-    with _db_errors(target):
-        conn = connect(with_app(target, "dbkit status"), settings, autocommit=True)
+    with _db_errors(url):
+        conn = connect(with_app(url, "dbkit status"), settings, autocommit=True)
         conn.prepare_threshold = None
         try:
             yield conn
@@ -115,13 +90,13 @@ def _reader(target: DbURL, settings: Settings) -> Iterator[psycopg.Connection]:
 
 
 @contextmanager
-def _locked(target: DbURL, settings: Settings, limits: Timeouts) -> Iterator[Runner]:
+def _locked(url: DbURL, settings: Settings, limits: Timeouts) -> Iterator[Runner]:
     """The migration lock, then the migration connection (in that order: a migration session
     without the lock behind it is an orphan, see Runner._end_orphans)."""
-    with _db_errors(target), MigrationLock(target, settings, limits.lock_ms), \
-            connect(with_app(target, MIGRATE_APP), settings, autocommit=True) as conn:
+    with _db_errors(url), MigrationLock(url, settings, limits.lock_ms), \
+            connect(with_app(url, MIGRATE_APP), settings, autocommit=True) as conn:
         conn.prepare_threshold = None  # PgBouncer transaction mode has no prepared statements
-        yield Runner(conn, settings, limits, target)
+        yield Runner(conn, settings, limits, url)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -212,80 +187,72 @@ def _pending(files: list[MigrationFile], state: State, to: str | None = None) ->
     return pending
 
 
-def _load(settings: Settings, url: DbURL | None, dbname: str | None
-          ) -> tuple[Path, list[MigrationFile], DbURL, State]:
-    directory = migrations_dir(settings)
+def _load(target: Target) -> tuple[Path, list[MigrationFile], State]:
+    directory = migrations_dir(target.settings)
     files = discover(directory)
-    target = _target(settings, url, dbname)
-    with _reader(target, settings) as conn:
+    with _reader(target.migrate_url, target.settings) as conn:
         state = read_state(conn)
-    return directory, files, target, state
+    return directory, files, state
 
 
-def pending_ids(settings: Settings, *, url: DbURL | None = None, dbname: str | None = None
-                ) -> list[str]:
+def pending_ids(target: Target) -> list[str]:
     """Ids of migrations not yet applied, in the order they would run (read-only, no lock).
 
     Raises ConnectError when the database cannot be reached, ConfigError for a bad directory.
     """
-    _dir, files, _target_url, state = _load(settings, url, dbname)
+    _dir, files, state = _load(target)
     return [f.id for f in _pending(files, state)]
 
 
-def ensure_up_to_date(settings: Settings, *, url: DbURL | None = None,
-                      dbname: str | None = None) -> None:
+def ensure_up_to_date(target: Target) -> None:
     """Raise SchemaNotReady naming the pending migrations, if any."""
-    pending = pending_ids(settings, url=url, dbname=dbname)
+    pending = pending_ids(target)
     if pending:
         shown = ", ".join(pending[:3]) + (f" and {len(pending) - 3} more" if len(pending) > 3 else "")
         raise SchemaNotReady(f"{len(pending)} migration(s) pending: {shown}")
 
 
-def status(settings: Settings, *, url: DbURL | None = None, dbname: str | None = None
-           ) -> StatusReport:
+def status(target: Target) -> StatusReport:
     """Every migration, applied (with when) or pending, and drift of applied ones."""
-    directory, files, target, state = _load(settings, url, dbname)
+    directory, files, state = _load(target)
     drift, unverified = find(files, state)
     by_id = {f.id: f for f in files}
     order = {f.id: i for i, f in enumerate(files)}
     applied = sorted(state.applied, key=lambda a: (order.get(a.id, len(order)), str(a.applied_at)))
     return StatusReport(
-        database=str(target), directory=str(directory),
+        database=str(target.migrate_url), directory=str(directory),
         applied=[AppliedMigration(a.id, a.applied_at.isoformat() + "Z" if a.applied_at else None,
                                   str(by_id[a.id].path) if a.id in by_id else None)
                  for a in applied],
         pending=[f.id for f in _pending(files, state)], drift=drift, unverified=unverified)
 
 
-def verify(settings: Settings, *, url: DbURL | None = None, dbname: str | None = None
-           ) -> StatusReport:
+def verify(target: Target) -> StatusReport:
     """Fail with DriftDetected, naming the files, when an applied migration was edited,
     renamed or deleted since it was applied."""
-    report = status(settings, url=url, dbname=dbname)
+    report = status(target)
     if report.drift:
         raise DriftDetected("; ".join(d.detail for d in report.drift))
     return report
 
 
 # -- changes -----------------------------------------------------------------------------
-def _prologue(settings: Settings, to: str | None, url: DbURL | None, dbname: str | None
-              ) -> tuple[Path, list[MigrationFile], DbURL, Timeouts]:
-    """What migrate and rollback both start from: the files, the target and the timeouts."""
-    directory = migrations_dir(settings)
+def _prologue(target: Target, to: str | None) -> tuple[Path, list[MigrationFile]]:
+    """What migrate, rollback and accept start from: the files, and ``to`` checked."""
+    directory = migrations_dir(target.settings)
     files = discover(directory)
     if to is not None and to not in {f.id for f in files}:
         raise ConfigError(f"--to {to}: no migration with that id in {directory}",
                           hint="dbkit status lists the ids (file names without .sql)")
-    return directory, files, _target(settings, url, dbname), timeouts(settings)
+    return directory, files
 
 
-def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
-            allow_unsafe: bool = False, url: DbURL | None = None, dbname: str | None = None,
-            mark: bool = False) -> MigrateResult:
+def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
+            allow_unsafe: bool = False, mark: bool = False) -> MigrateResult:
     """Apply pending migrations in order (up to and including ``to``), each in its own
     transaction with its bookkeeping, one process at a time per database.
 
-    Pending migrations are linted first (``dbkit.lint``): findings refuse the run with
+    Pending migrations are linted first (``dbkit.lint.engine``): findings refuse the run with
     LintFindings unless ``allow_unsafe`` or DBKIT_ENV=development, where they are warnings.
     ``mark`` records them as applied without running them (adopting a database that already
     has that schema, like ``yoyo mark`` or ``alembic stamp``); it needs ``to``.
@@ -293,10 +260,11 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
     if mark and to is None:
         raise ConfigError("--mark-applied needs --to ID: the last migration the database "
                           "already has", hint="see dbkit status for the ids")
-    directory, files, target, limits = _prologue(settings, to, url, dbname)
-    result = MigrateResult(database=str(target), directory=str(directory), dry_run=dry_run)
+    settings, url = target.settings, target.migrate_url
+    directory, files = _prologue(target, to)
+    result = MigrateResult(database=str(url), directory=str(directory), dry_run=dry_run)
     if dry_run:
-        with _reader(target, settings) as conn:
+        with _reader(url, settings) as conn:
             state = read_state(conn)
         result.warnings = _warnings(files, state, refuse_renames=False)
         pending = _pending(files, state, to)
@@ -307,7 +275,7 @@ def migrate(settings: Settings, *, to: str | None = None, dry_run: bool = False,
                        for f in pending]
         result.already_applied = len(state.applied)
         return result
-    with _locked(target, settings, limits) as runner:
+    with _locked(url, settings, _timeouts(settings)) as runner:
         state = runner.prepare(files)
         drifted = _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
@@ -333,25 +301,25 @@ def _warnings(files: list[MigrationFile], state: State, refuse_renames: bool) ->
     return out
 
 
-def rollback(settings: Settings, *, steps: int = 1, to: str | None = None, all: bool = False,
-             dry_run: bool = False, url: DbURL | None = None, dbname: str | None = None
-             ) -> RollbackResult:
+def rollback(target: Target, *, steps: int = 1, to: str | None = None, all: bool = False,
+             dry_run: bool = False) -> RollbackResult:
     """Roll back the last ``steps`` applied migrations, or every one after ``to`` (which stays
     applied), or ``all`` of them; newest first, each with its ``.rollback.sql``."""
     if to is not None and all:
         raise ConfigError("give only one of --to and --all")
     if steps < 1:
         raise ConfigError("--steps must be at least 1")
-    directory, files, target, limits = _prologue(settings, to, url, dbname)
-    result = RollbackResult(database=str(target), directory=str(directory), dry_run=dry_run)
+    settings, url = target.settings, target.migrate_url
+    directory, files = _prologue(target, to)
+    result = RollbackResult(database=str(url), directory=str(directory), dry_run=dry_run)
     if dry_run:
-        with _reader(target, settings) as conn:
+        with _reader(url, settings) as conn:
             state = read_state(conn)
         result.warnings = _warnings(files, state, refuse_renames=False)
         result.plan = [Planned(f.id, f.transactional, [s.sql for s in statements(_rb(f))])
                        for f in _rollback_targets(files, state, steps, to, all)]
         return result
-    with _locked(target, settings, limits) as runner:
+    with _locked(url, settings, _timeouts(settings)) as runner:
         state = runner.prepare(files)
         drifted = _warnings(files, state, refuse_renames=False)
         for f in _rollback_targets(files, state, steps, to, all):
@@ -398,7 +366,96 @@ def new_migration(settings: Settings, name: str) -> NewResult:
     missing) — never into the installed package.
     """
     directory = migrations_dir(settings)
-    if directory == PACKAGED and not settings.migrations:
+    if directory == packaged_dir() and settings.migrations is None:
         directory = settings.cwd / "migrations"
     path, rb, created = _new_files(directory, name)
     return NewResult(id=path.stem, path=str(path), rollback_path=str(rb), created=created)
+
+
+def accept(target: Target, ids: list[str]) -> list[str]:
+    """Flyway's ``repair`` for edited files: each named applied migration's file as it is now
+    becomes its recorded version (after a deliberate, harmless edit such as a comment), so
+    ``verify`` passes again. Under the migration lock; an ``accept`` row goes to history.
+    Returns the ids whose recorded checksum changed (none on a second run)."""
+    settings = target.settings
+    directory, files = _prologue(target, None)
+    by_id = {f.id: f for f in files}
+    for mid in ids:
+        if mid not in by_id:
+            raise ConfigError(f"--accept {mid}: no migration file with that id in {directory}",
+                              hint="a renamed file cannot be accepted: give it its old name back")
+    changed: list[str] = []
+    with _locked(target.migrate_url, settings, _timeouts(settings)) as runner:
+        state = runner.prepare(files)
+        applied = {a.id for a in state.applied}
+        for mid in ids:
+            if mid not in applied:
+                raise ConfigError(f"--accept {mid}: not applied, so there is nothing to accept",
+                                  hint="dbkit migrate applies it")
+            if state.checksums.get(mid) != by_id[mid].checksum:
+                runner.accept(by_id[mid])
+                changed.append(mid)
+    return changed
+
+
+def history(target: Target, *, limit: int | None = None) -> list[Entry]:
+    """Every recorded apply/rollback/mark/accept, oldest first (the last ``limit`` when given)."""
+    with _reader(target.migrate_url, target.settings) as conn:
+        return read_history(conn, limit)
+
+
+# -- dump ------------------------------------------------------------------------------------
+@dataclass
+class DumpResult:
+    database: str  # masked
+    sql: str
+    applied: list[str]
+    file: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"database": self.database, "file": self.file, "applied": self.applied,
+                "sql": self.sql if self.file is None else None}
+
+
+def dump(target: Target, file: Path | None = None) -> DumpResult:
+    """The application's schema as SQL, for review and diffs (dbmate's ``dump``): pg_dump
+    --schema-only as the migrations' role, without dbkit's and yoyo's bookkeeping tables,
+    followed by the list of applied migrations: a file that changes exactly when the schema or
+    the migration state does. The password reaches pg_dump through PGPASSWORD, never argv."""
+    import psycopg
+
+    from dbkit.server import GET_BINARIES, find_pg_bin
+
+    settings, url = target.settings, target.migrate_url
+    with _reader(url, settings) as conn:  # a clear error for a wrong URL, before pg_dump
+        applied = [a.id for a in read_state(conn).applied]
+    pg_dump = find_pg_bin(settings.pg_bin) / "pg_dump"
+    if not pg_dump.exists():
+        raise ServerError(f"no pg_dump next to initdb in {pg_dump.parent}", hint=GET_BINARIES)
+    kw = url.connect_kwargs()
+    password = kw.pop("password", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password is not None:
+        env["PGPASSWORD"] = password
+    args = [str(pg_dump), "--schema-only", "--no-owner", "--no-privileges", "--encoding=UTF8",
+            "-d", psycopg.conninfo.make_conninfo(**kw)]
+    args += [f"--exclude-table={t}" for t in sorted(ALL_TABLES)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        first = next((ln for ln in proc.stderr.splitlines() if ln.strip()), "failed")
+        raise ServerError(f"pg_dump failed: {first.removeprefix('pg_dump: error: ')}",
+                          hint="a pg_dump older than the server refuses: set DBKIT_PG_BIN to a "
+                          "newer PostgreSQL's bin directory")
+    # pg_dump 15.14+ wraps its output in \restrict <random key>: drop it, or every dump differs
+    lines = [ln for ln in proc.stdout.splitlines()
+             if not ln.startswith(("\\restrict", "\\unrestrict"))]
+    lines += ["", "-- Applied migrations (dbkit):"] + [f"--   {mid}" for mid in applied]
+    text = "\n".join(lines).strip("\n") + "\n"
+    if file is not None:
+        try:
+            file.write_text(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {file}: {exc.strerror}",
+                              hint="choose a writable path") from None
+    return DumpResult(database=str(url), sql=text, applied=applied,
+                      file=str(file) if file is not None else None)

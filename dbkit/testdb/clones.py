@@ -15,14 +15,12 @@ import secrets
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from dbkit.db import admin_url, connect
-from dbkit.testdb import (
-    LOCK_CLASS,
+from dbkit import pg
+from dbkit.db import connect
+from dbkit.testdb.template import (
     OWNER,
     PLUGIN_PREFIX,
-    clone,
     db_errors,
-    drop_database,
     ensure_template,
     owned,
     owner_url,
@@ -36,12 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbkit")
 
-_TOKEN_CLASS = LOCK_CLASS + 1  # advisory lock class id; objid = a live process's token
 
-
-def _token_key(token: str) -> int:
-    value = int(token, 16)
-    return value - (1 << 32) if value >= (1 << 31) else value  # advisory objid is int4
+def _token_key(token: str) -> pg.LockKey:
+    number = int(token, 16)
+    return pg.clone_token_key(number - (1 << 32) if number >= (1 << 31) else number)  # int4
 
 
 def collect_stale(conn: psycopg.Connection, own_token: str | None,
@@ -58,14 +54,14 @@ def collect_stale(conn: psycopg.Connection, own_token: str | None,
             key = _token_key(token)
         except ValueError:
             continue
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_TOKEN_CLASS, key)).fetchone()[0]:
+        if not pg.try_session_lock(conn, key):
             continue  # its process is alive
         try:
             for dbname in names:
-                drop_database(conn, dbname)
+                pg.drop_database(conn, dbname)
                 dropped.append(dbname)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_TOKEN_CLASS, key))
+            pg.session_unlock(conn, key)
     if dropped:
         log.info("collected %d test database(s) left by killed runs", len(dropped))
     return dropped
@@ -83,14 +79,14 @@ class CloneSession:
     good; ``close()`` waits for it, then drops whatever is left.
     """
 
-    def __init__(self, settings: Settings, *, worker: str = "main", seed: bool = False,
-                 background: bool = False) -> None:
+    def __init__(self, settings: Settings, admin: DbURL, *, worker: str = "main",
+                 seed: bool = False, background: bool = False) -> None:
         self.settings = settings
         self.seed = seed
         self.token = secrets.token_hex(4)
         self.worker = "".join(c for c in worker if c.isalnum())[:8] or "main"
         self._seq = 0
-        self.admin = admin_url(settings)
+        self.admin = admin
         self.conn = connect(self.admin, settings, autocommit=True)
         self.alive: set[str] = set()
         self._failed: list[str] = []  # background drops that did not happen: retried at close
@@ -99,8 +95,7 @@ class CloneSession:
         self._next: tuple[Future[None], str] | None = None
         try:
             with db_errors():
-                self.conn.execute("SELECT pg_advisory_lock(%s, %s)",
-                                  (_TOKEN_CLASS, _token_key(self.token)))
+                pg.session_lock(self.conn, _token_key(self.token))
                 self.collected = collect_stale(self.conn, self.token)
                 self.template = ensure_template(self.conn, self.admin, settings, seed=seed)
         except BaseException:
@@ -142,11 +137,11 @@ class CloneSession:
         import psycopg
 
         try:
-            clone(self.conn, self.template.name, name)
+            pg.clone_database(self.conn, self.template.name, name, self.template.owner)
         except psycopg.errors.InvalidCatalogName:
             # another run rebuilt the template for newer files and dropped ours: follow it
             self.template = ensure_template(self.conn, self.admin, self.settings, seed=self.seed)
-            clone(self.conn, self.template.name, name)
+            pg.clone_database(self.conn, self.template.name, name, self.template.owner)
         except psycopg.Error as exc:
             with db_errors():
                 raise exc
@@ -159,7 +154,7 @@ class CloneSession:
             return
         try:
             with db_errors():
-                drop_database(self.conn, dbname)
+                pg.drop_database(self.conn, dbname)
         except BaseException:
             self.alive.add(dbname)
             raise
@@ -169,10 +164,10 @@ class CloneSession:
         if self._bg_conn is None or self._bg_conn.closed:
             self._bg_conn = connect(self.admin, self.settings, autocommit=True)
         if clone_job:
-            clone(self._bg_conn, self.template.name, clone_job)
+            pg.clone_database(self._bg_conn, self.template.name, clone_job, self.template.owner)
         if drop_job:
             try:
-                drop_database(self._bg_conn, drop_job)
+                pg.drop_database(self._bg_conn, drop_job)
             except Exception as exc:
                 log.debug("background drop of %s failed (%s); retried at close", drop_job, exc)
                 self._failed.append(drop_job)
@@ -186,7 +181,7 @@ class CloneSession:
             if not self.conn.closed:
                 for name in sorted(self.alive | set(self._failed)):
                     with contextlib.suppress(Exception):
-                        drop_database(self.conn, name)
+                        pg.drop_database(self.conn, name)
                 self.alive.clear()
         finally:
             if self._bg_conn is not None:

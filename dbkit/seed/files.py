@@ -1,6 +1,6 @@
 """Reading seed files for ``dbkit seed --from PATH`` and the shipped sample: CSV, JSON and
 JSON Lines, every row checked and typed here so an error names the file, line and column.
-What the rows mean once in the database is ``dbkit.seed_load``'s business.
+What the rows mean once in the database is ``dbkit.seed.merge``'s business.
 
 Formats: CSV with a header row naming the columns; a JSON array of objects (file named after
 its table) or one JSON object ``{"users": [...], "posts": [...], "votes": [...]}``; JSON Lines

@@ -25,9 +25,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from dbkit.db import LOCK_CLASS, connect
+from dbkit import pg
+from dbkit.db import connect, value
 from dbkit.errors import LockTimeout
-from dbkit.ledger import YOYO_LOCK
+from dbkit.migrate.bookkeeping import YOYO_LOCK
+from dbkit.urls import with_app
 
 if TYPE_CHECKING:
     import psycopg
@@ -37,17 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbkit")
 
-# pg_advisory_xact_lock(int4, int4): a fixed class id for dbkit plus 1 for "migrations".
-# Advisory locks are per database, so one key serves every database on a server.
-LOCK_ID = 1
 LOCK_APP = "dbkit migrate (lock)"
 MIGRATE_APP = "dbkit migrate"
-
-
-def with_app(url: DbURL, name: str) -> DbURL:
-    if any(k == "application_name" for k, _ in url.params):
-        return url
-    return url.with_(params=(*url.params, ("application_name", name)))
 
 
 class MigrationLock:
@@ -81,8 +74,7 @@ class MigrationLock:
                 if conn.info.server_version >= 170000:
                     conn.execute("SELECT set_config('transaction_timeout', '0', true)")
                 # Never block inside a statement while waiting (see the module docstring).
-                if not conn.execute("SELECT pg_try_advisory_xact_lock(%s::int4, %s::int4)",
-                                    (LOCK_CLASS, LOCK_ID)).fetchone()[0]:
+                if not pg.try_xact_lock(conn, pg.MIGRATIONS):
                     conn.execute("ROLLBACK")
                     if deadline is not None and time.monotonic() >= deadline:
                         raise LockTimeout(self._held_by())
@@ -118,8 +110,7 @@ class MigrationLock:
         from psycopg import sql
 
         table = sql.Identifier(YOYO_LOCK)
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                              (table.as_string(conn),)).fetchone()[0]
+        exists = value(conn, "SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),))
         if not exists:
             return True  # first run: created under this lock; nothing can hold it yet
         row = conn.execute(sql.SQL(
@@ -132,15 +123,7 @@ class MigrationLock:
         wait = f"gave up after {self.wait_ms / 1000:g}s"
         assert self.conn is not None
         try:
-            row = self.conn.execute(
-                "SELECT a.pid, a.application_name, a.usename, a.client_addr::text,"
-                " round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)"
-                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = %s"
-                " AND l.objid::bigint = %s"
-                " AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database"
-                " WHERE datname = current_database())",
-                (LOCK_CLASS, LOCK_ID)).fetchone()
+            row = pg.lock_holder(self.conn, pg.MIGRATIONS)
         except Exception:  # describing the holder is a courtesy; the timeout is the news
             row = None
         if not row:

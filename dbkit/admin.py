@@ -1,0 +1,101 @@
+"""Which server is the admin server: the connection allowed to create roles and databases.
+
+Resolving it is an explicit step that commands take once, before they call the library,
+because it may start dbkit's own local PostgreSQL. The documented order: ``--local``,
+DBKIT_ADMIN_URL, libpq's PG* variables, this project's own server if it has one, whatever
+answers at libpq's defaults, then a new local server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from dbkit.db import connect
+from dbkit.errors import ConnectError, DbkitError
+from dbkit.server import LocalServer
+from dbkit.urls import DbURL
+
+if TYPE_CHECKING:
+    from dbkit.settings import Settings
+
+log = logging.getLogger("dbkit")
+
+
+def resolve(settings: Settings, *, start_local: bool = True) -> DbURL:
+    """The admin server's URL (its maintenance database unless the URL names another)."""
+    if settings.local:
+        return start_project_server(settings)
+    configured = configured_url(settings)
+    if configured is not None:
+        return configured
+    if project_server(settings).initialized():
+        # This project already has its own server: keep using it rather than switching to
+        # whatever may answer at libpq's defaults later (and skip the probe).
+        return start_project_server(settings)
+    defaults = DbURL(dbname="postgres")
+    try:
+        connect(defaults, settings, autocommit=True, timeout_ms=2000).close()
+        return defaults
+    except ConnectError as exc:
+        low = exc.message.lower()
+        nothing_there = ("refused" in low or "no such file" in low or "timeout" in low
+                         or "could not translate" in low)
+        if not nothing_there or not start_local:
+            raise ConnectError(f"a server answers at the libpq defaults but: {exc.message}",
+                               hint="set DBKIT_ADMIN_URL, or pass --local for dbkit's own "
+                               "server") from None
+    return start_project_server(settings)
+
+
+def configured_url(settings: Settings) -> DbURL | None:
+    """DBKIT_ADMIN_URL, else the PG* variables, else None (nothing configured)."""
+    if settings.admin_url is not None:
+        return settings.admin_url.with_(dbname=settings.admin_url.dbname or "postgres")
+    if settings.pg_env:
+        env = settings.pg_env
+        return DbURL(user=env.get("PGUSER"), password=env.get("PGPASSWORD"),
+                     host=env.get("PGHOST"), port=int(env["PGPORT"]) if env.get("PGPORT") else None,
+                     dbname=env.get("PGDATABASE", "postgres"))
+    return None
+
+
+def wait_target(settings: Settings) -> DbURL:
+    """The server ``dbkit wait`` waits for: the admin's, else DATABASE_URL's, else libpq's
+    defaults. Never starts dbkit's local server (that would defeat the point of waiting)."""
+    configured = configured_url(settings)
+    if configured is not None:
+        return configured
+    if settings.database_url is not None:
+        return settings.database_url
+    return DbURL(dbname="postgres")
+
+
+def for_diagnosis(settings: Settings) -> tuple[DbURL | None, str]:
+    """The admin server for ``dbkit doctor``, which never starts a server: the project's own
+    counts only while it runs. (None, why) when there is none to use."""
+    server = project_server(settings)
+    if not (settings.local or configured_url(settings) is not None or server.running()):
+        return None, "no admin connection configured (DBKIT_ADMIN_URL)"
+    try:
+        return resolve(settings, start_local=settings.local), ""
+    except DbkitError as exc:
+        return None, f"admin connection failed: {exc.message}"
+
+
+def maintenance(admin: DbURL, dbname: str) -> DbURL:
+    """The admin URL, moved to the maintenance database when it names ``dbname`` itself: a
+    database cannot be dropped or renamed from a session inside it."""
+    return admin.with_(dbname="postgres") if admin.dbname == dbname else admin
+
+
+def project_server(settings: Settings) -> LocalServer:
+    """This project's own local PostgreSQL (it may not exist yet)."""
+    return LocalServer(settings.data_dir, settings.pg_bin)
+
+
+def start_project_server(settings: Settings) -> DbURL:
+    server = project_server(settings)
+    if server.start():
+        log.info("started dbkit's local PostgreSQL in %s", settings.data_dir)
+    return server.admin_url()
