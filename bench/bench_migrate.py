@@ -1,9 +1,9 @@
 """Migrations at scale: 10 / 100 / 1000 generated migrations.
 
-- apply: ``dbkit.migrate.migrate`` (in-process) vs the floor ``psql -1 -f all.sql`` (every
+- apply: ``dbkit.migrate.commands.migrate`` (in-process) vs the floor ``psql -1 -f all.sql`` (every
   statement in one file, one transaction, no bookkeeping, whole process) and vs yoyo's own
   in-process ``apply_migrations``; each on a fresh database.
-- status over N applied migrations: ``dbkit.migrate.status`` (in-process) vs the floor
+- status over N applied migrations: ``dbkit.migrate.commands.status`` (in-process) vs the floor
   ``psql -c 'SELECT … FROM _yoyo_migration'`` (whole process) and vs ``yoyo list`` (CLI).
 
 Per-migration milliseconds are printed too: constant across N means linear time. The server is
@@ -42,9 +42,9 @@ def main() -> list[dict[str, object]]:
     import psycopg
     from psycopg import sql
 
-    from dbkit import migrate
+    from dbkit.migrate import commands as migrate
     from dbkit.server import find_pg_bin
-    from dbkit.settings import Settings
+    from dbkit.settings import Settings, Target
 
     psql = str(find_pg_bin() / "psql")
     yoyo_cli = str(Path(sys.executable).parent / "yoyo")
@@ -58,7 +58,8 @@ def main() -> list[dict[str, object]]:
         env = {**os.environ, "PGPASSWORD": PASSWORD}
         try:
             for n in SIZES:
-                rows += _size(n, Path(tmp), admin, conn, psql, yoyo_cli, env, migrate, Settings)
+                rows += _size(n, Path(tmp), admin, conn, psql, yoyo_cli, env, migrate, Settings,
+                              Target)
         finally:
             for n in SIZES:
                 for kind in ("dbkit", "psql", "yoyo"):
@@ -69,7 +70,7 @@ def main() -> list[dict[str, object]]:
     return rows
 
 
-def _size(n, tmp, admin, conn, psql, yoyo_cli, env, migrate, Settings):  # noqa: ANN001
+def _size(n, tmp, admin, conn, psql, yoyo_cli, env, migrate, Settings, Target):  # noqa: ANN001
     from psycopg import sql
     from yoyo import get_backend, read_migrations
 
@@ -77,7 +78,9 @@ def _size(n, tmp, admin, conn, psql, yoyo_cli, env, migrate, Settings):  # noqa:
     flat = _generate(d, n)
     urls = {k: admin.with_(user=ROLE, password=PASSWORD, dbname=f"bench_m{n}_{k}")
             for k in ("dbkit", "psql", "yoyo")}
-    settings = Settings(migrations=str(d), cwd=tmp, lock_timeout="0")
+    settings = Settings.load(flags={"migrations": str(d), "lock_timeout": "0"}, environ={},
+                             cwd=tmp)
+    target = Target.of(urls["dbkit"], settings)
 
     def fresh(name: str) -> None:
         kind = name.split()[0]
@@ -98,7 +101,7 @@ def _size(n, tmp, admin, conn, psql, yoyo_cli, env, migrate, Settings):  # noqa:
 
     runs, warmup = (2, 0) if n >= 1000 else (3, 1)
     apply_times = interleaved({
-        "dbkit apply": lambda: migrate.migrate(settings, url=urls["dbkit"]),
+        "dbkit apply": lambda: migrate.migrate(target),
         "psql -1 -f": lambda: subprocess.run([psql, "-q", "-X", "-1", "-v", "ON_ERROR_STOP=1",
                                               "-f", str(flat), *libpq("psql")], env=env,
                                              check=True, capture_output=True),
@@ -107,7 +110,7 @@ def _size(n, tmp, admin, conn, psql, yoyo_cli, env, migrate, Settings):  # noqa:
     # the last dbkit/yoyo runs left N applied migrations behind: status over those
     yoyo_url = urls["dbkit"].with_(password=None).render(scheme="postgresql+psycopg")
     status_times = interleaved({
-        "dbkit status": lambda: migrate.status(settings, url=urls["dbkit"]),
+        "dbkit status": lambda: migrate.status(target),
         "psql select": lambda: subprocess.run([psql, "-q", "-X", "-c",
                                                "SELECT migration_id FROM _yoyo_migration",
                                                *libpq("dbkit")], env=env, check=True,
@@ -115,7 +118,7 @@ def _size(n, tmp, admin, conn, psql, yoyo_cli, env, migrate, Settings):  # noqa:
         "yoyo list": lambda: subprocess.run([yoyo_cli, "list", "--batch", "--database", yoyo_url,
                                              str(d)], env=env, check=True, capture_output=True),
     }, runs=3, warmup=1)
-    assert len(migrate.status(settings, url=urls["dbkit"]).applied) == n
+    assert len(migrate.status(target).applied) == n
     rows = table(f"{n} migrations", [
         (f"apply {n} vs psql -1 -f (floor)", "dbkit apply", "psql -1 -f"),
         (f"apply {n} vs yoyo in-process", "dbkit apply", "yoyo apply"),

@@ -6,7 +6,7 @@ UTF8 database owned by it, PUBLIC's rights on the database and on schema ``publi
 data (5 users, 10 posts, 24 votes) — compared row by row without ids.
 
 - ``dbkit setup``: ``python -m dbkit setup`` (one process: create, migrate, seed);
-- ``dbkit.prepare.setup()``: the same in-process (no interpreter start, no imports);
+- ``dbkit.setup.setup()``: the same in-process (no interpreter start, no imports);
 - the shell chain, five processes: ``createuser --login -P`` (password typed on stdin,
   hashed by libpq on the client), ``createdb -O -E UTF8``, ``yoyo apply`` of the same
   migration files, ``psql -1 -f harden.sql -f seed.sql`` (REVOKE/ALTER SCHEMA, then the sample
@@ -17,7 +17,7 @@ and history (``_dbkit_checksum``, ``_dbkit_history``), lints pending migrations 
 schema before seeding; the chain does none of that. Each run starts from nothing (role and
 database dropped, untimed); runs are interleaved; medians.
 
-The server: the fsync-off throwaway cluster (``dbkit.testing.throwaway_cluster``), or
+The server: the fsync-off throwaway cluster (``throwaway_cluster`` of tests/cluster.py), or
 DBKIT_TEST_ADMIN_URL's. ``python -m bench setup`` or ``python -m bench.bench_setup``.
 
 Then the migrate step alone, the posts schema on an empty database: ``dbkit migrate`` (CLI
@@ -39,17 +39,17 @@ from typing import Any
 from bench.common import cluster, interleaved, median, save, table
 
 PASSWORD = "bench-setup-pw"
-NAMES = {"dbkit setup": "bench_setup_cli", "dbkit.prepare.setup()": "bench_setup_lib",
+NAMES = {"dbkit setup": "bench_setup_cli", "dbkit.setup.setup()": "bench_setup_lib",
          "shell chain": "bench_setup_chain"}
 
 
 def seed_sql(conn: Any) -> str:
     """The shipped sample as plain INSERTs (owners, posts and voters found by e-mail)."""
-    from importlib import resources
-
     from psycopg import sql
 
-    data = json.loads((resources.files("dbkit") / "data" / "sample.json").read_text())
+    from dbkit.seed.commands import SAMPLE
+
+    data = json.loads(SAMPLE.read_text())
 
     def values(rows: list[dict[str, Any]], cols: list[str]) -> sql.Composable:
         return sql.SQL(", ").join(
@@ -102,11 +102,12 @@ def main(runs: int = 7) -> list[dict[str, object]]:
     import psycopg
     from psycopg import sql
 
-    from dbkit import prepare
+    from dbkit import setup
     from dbkit.migrate.files import packaged_dir
     from dbkit.server import find_pg_bin
     from dbkit.settings import Settings
 
+    packaged = packaged_dir()
     bindir = find_pg_bin()
     yoyo = str(Path(sys.executable).parent / "yoyo")
     base_env = {k: v for k, v in os.environ.items()
@@ -147,7 +148,7 @@ def main(runs: int = 7) -> list[dict[str, object]]:
                                           admin.user or "postgres", "-O", name, "-E", "UTF8",
                                           name], admin_env)
             yoyo_url = urls["shell chain"].with_(password=None).render(scheme="postgresql+psycopg")
-            timed("yoyo apply", [yoyo, "apply", "--batch", "--database", yoyo_url, str(PACKAGED)],
+            timed("yoyo apply", [yoyo, "apply", "--batch", "--database", yoyo_url, str(packaged)],
                   app_env)
             timed("psql -1 -f harden.sql -f seed.sql",
                   [str(bindir / "psql"), "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", *host, "-U",
@@ -163,10 +164,10 @@ def main(runs: int = 7) -> list[dict[str, object]]:
         def lib() -> None:
             s = Settings.load(environ={
                 "DBKIT_ADMIN_URL": admin.render(reveal=True),
-                "DATABASE_URL": urls["dbkit.prepare.setup()"].render(reveal=True)}, cwd=work)
-            prepare.setup(s)
+                "DATABASE_URL": urls["dbkit.setup.setup()"].render(reveal=True)}, cwd=work)
+            setup.setup(s, admin)
 
-        times = interleaved({"dbkit setup": cli, "dbkit.prepare.setup()": lib,
+        times = interleaved({"dbkit setup": cli, "dbkit.setup.setup()": lib,
                              "shell chain": chain}, runs=runs, warmup=1, setup=fresh)
         states = {}
         for case, url in urls.items():
@@ -180,7 +181,7 @@ def main(runs: int = 7) -> list[dict[str, object]]:
             fresh(case)
         rows = table("Setup on a running server (create + migrate + seed)", [
             ("dbkit setup (CLI) vs the shell chain", "dbkit setup", "shell chain"),
-            ("dbkit.prepare.setup() vs the shell chain", "dbkit.prepare.setup()", "shell chain"),
+            ("dbkit.setup.setup() vs the shell chain", "dbkit.setup.setup()", "shell chain"),
         ], times)
         print("\nshell chain, median per step: " + "; ".join(
             f"{step} {median(t[1:]) * 1000:.0f} ms" for step, t in steps.items()))
@@ -194,7 +195,8 @@ def main(runs: int = 7) -> list[dict[str, object]]:
 
 
 MIGRATE_ROLE = "bench_setup_mig"
-MIGRATE_CASES = {"dbkit migrate": "bench_mig_cli", "dbkit.migrate.migrate()": "bench_mig_lib",
+MIGRATE_CASES = {"dbkit migrate": "bench_mig_cli",
+                 "dbkit.migrate.commands.migrate()": "bench_mig_lib",
                  "yoyo apply": "bench_mig_yoyo", "psql -1 -f": "bench_mig_psql"}
 SCHEMA = """SELECT string_agg(format('%s %s', tablename, indexdef), E'\\n' ORDER BY indexdef)
 FROM pg_indexes WHERE schemaname = 'public' AND tablename IN ('users', 'posts', 'votes')"""
@@ -209,11 +211,12 @@ def _migrate_posts(admin: Any, conn: Any, work: Path, bindir: Path, yoyo: str,
     import psycopg
     from psycopg import sql
 
-    from dbkit import migrate
+    from dbkit.migrate import commands as migrate
     from dbkit.migrate.files import packaged_dir
-    from dbkit.settings import Settings
+    from dbkit.settings import Settings, Target
 
-    files = sorted(p for p in PACKAGED.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+    packaged = packaged_dir()
+    files = sorted(p for p in packaged.glob("*.sql") if not p.name.endswith(".rollback.sql"))
     flat = "".join(p.read_text() for p in files).replace("CREATE INDEX CONCURRENTLY",
                                                          "CREATE INDEX")
     (work / "posts.sql").write_text(flat)
@@ -236,11 +239,11 @@ def _migrate_posts(admin: Any, conn: Any, work: Path, bindir: Path, yoyo: str,
     cases = {
         "dbkit migrate": lambda: run([sys.executable, "-m", "dbkit", "migrate"], {
             "DATABASE_URL": urls["dbkit migrate"].render(reveal=True)}),
-        "dbkit.migrate.migrate()": lambda: migrate.migrate(
-            Settings.load(environ={}, cwd=work), url=urls["dbkit.migrate.migrate()"]),
+        "dbkit.migrate.commands.migrate()": lambda: migrate.migrate(Target.of(
+            urls["dbkit.migrate.commands.migrate()"], Settings.load(environ={}, cwd=work))),
         "yoyo apply": lambda: run([yoyo, "apply", "--batch", "--database", urls["yoyo apply"]
                                    .with_(password=None).render(scheme="postgresql+psycopg"),
-                                   str(PACKAGED)]),
+                                   str(packaged)]),
         "psql -1 -f": lambda: run([str(bindir / "psql"), "-X", "-q", "-1", "-v",
                                    "ON_ERROR_STOP=1", "-h", str(admin.host), "-p", str(admin.port),
                                    "-U", MIGRATE_ROLE, "-d", MIGRATE_CASES["psql -1 -f"], "-f",
@@ -257,8 +260,8 @@ def _migrate_posts(admin: Any, conn: Any, work: Path, bindir: Path, yoyo: str,
         rows = table("Migrate the posts schema (6 migrations) on an empty database", [
             ("dbkit migrate (CLI) vs yoyo apply (CLI)", "dbkit migrate", "yoyo apply"),
             ("dbkit migrate (CLI) vs psql -1 -f (floor)", "dbkit migrate", "psql -1 -f"),
-            ("dbkit.migrate.migrate() vs psql -1 -f (floor)", "dbkit.migrate.migrate()",
-             "psql -1 -f"),
+            ("dbkit.migrate.commands.migrate() vs psql -1 -f (floor)",
+             "dbkit.migrate.commands.migrate()", "psql -1 -f"),
         ], times)
         print("same tables and indexes in every case: True")
         return rows

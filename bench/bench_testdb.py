@@ -171,8 +171,8 @@ def setup_ms(out: Path, which: str) -> float:
 
 
 def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object]]:
-    from dbkit import clones
     from dbkit.settings import Settings
+    from dbkit.testdb.clones import CloneSession
 
     extra = os.environ.get("BENCH_EXTRA_PATH", "")
     has_ppg = (bool(extra) and (Path(extra) / "pytest_postgresql").is_dir()
@@ -188,7 +188,7 @@ def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object
         (project / "pytest.ini").write_text(f"[pytest]\ndbkit_migrations = {MIGRATIONS}\n")
         settings = Settings.load(flags={"admin_url": admin.render(reveal=True),
                                         "migrations": str(MIGRATIONS)}, environ={}, cwd=project)
-        session = clones.CloneSession(settings)  # builds the template both fixtures clone
+        session = CloneSession(settings, admin)  # builds the template both fixtures clone
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DBKIT_", "PG")) and k != "DATABASE_URL"}
         kw = admin.connect_kwargs()

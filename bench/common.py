@@ -6,12 +6,22 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dbkit.urls import DbURL
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The throwaway cluster is the test suite's (tests/cluster.py), not part of the installed
+# package: the benchmarks run from a checkout and import it from there.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 
 def interleaved(cases: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1,
@@ -67,7 +77,7 @@ def save(name: str, data: object) -> Path:
 
 
 @contextmanager
-def cluster(url: str | None = None) -> Iterator[object]:
+def cluster(url: str | None = None) -> Iterator[DbURL]:
     """A throwaway cluster (dbkit's own code) unless a URL is given; yields the admin DbURL."""
     from cluster import throwaway_cluster
 

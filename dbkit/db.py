@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, LiteralString, NamedTuple, cast
 
 from dbkit.errors import (
     ConfigError,
@@ -24,9 +24,13 @@ from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
     import psycopg
-    from psycopg.abc import Params, Query
+    from psycopg import sql
+    from psycopg.abc import Params
 
     from dbkit.settings import Settings
+
+    # What Connection.execute takes (psycopg 3.3 adds template strings, which dbkit never uses).
+    Query = LiteralString | bytes | sql.SQL | sql.Composed
 
 log = logging.getLogger("dbkit")
 
@@ -43,7 +47,7 @@ def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
     shown = url.with_(params=tuple(p for p in url.params if p[0] != "application_name"))
     log.debug("connecting to %s", shown)
     try:
-        return psycopg.connect(autocommit=autocommit, **kw)
+        return psycopg.connect(autocommit=autocommit, **cast("dict[str, Any]", kw))
     except psycopg.OperationalError as exc:
         if _BAD_OPTION_VALUE.search(str(exc)):  # libpq refused the URL itself: no server involved
             raise ConfigError(f"invalid connection option in {shown}: {first_line(exc)}") from None
@@ -133,14 +137,31 @@ def error_class(exc: BaseException, *, within: type[DbkitError] | None = None,
     return _BY_CODE.get(state) or _BY_CLASS.get(state[:2]) or ServerRefused
 
 
+class ServerSaid(NamedTuple):
+    """What the server said about a failed statement (all None when it said nothing: the
+    connection broke, or the driver refused before sending)."""
+
+    primary: str | None
+    detail: str | None
+    sqlstate: str | None
+    position: int | None  # 1-based character position in the statement
+
+
+def server_said(exc: BaseException) -> ServerSaid:
+    diag = getattr(exc, "diag", None)
+    if diag is None:
+        return ServerSaid(None, None, None, None)
+    pos = diag.statement_position
+    return ServerSaid(diag.message_primary, diag.message_detail, getattr(exc, "sqlstate", None),
+                      int(pos) if pos else None)
+
+
 def describe(exc: BaseException) -> str:
     """The server's message (and its detail), else the driver's first line."""
-    diag = getattr(exc, "diag", None)
-    primary = diag.message_primary if diag is not None else None
-    if not primary:
+    said = server_said(exc)
+    if not said.primary:
         return first_line(exc)
-    detail = diag.message_detail if diag is not None else None
-    return f"{primary} ({detail})" if detail else primary
+    return f"{said.primary} ({said.detail})" if said.detail else said.primary
 
 
 def translate(exc: BaseException, doing: str, *, within: type[DbkitError] | None = None,
@@ -180,8 +201,8 @@ def row(conn: psycopg.Connection[Any], query: Query, params: Params | None = Non
 def wait_ready(url: DbURL, settings: Settings, timeout_ms: int) -> float:
     """Return (seconds waited) as soon as the server at ``url`` accepts connections, like
     pg_isready: no login is needed, so a wrong password is the next step's error, not a wait."""
-    import psycopg
     from psycopg import pq
+    from psycopg.conninfo import make_conninfo
 
     start = time.monotonic()
     deadline = start + timeout_ms / 1000
@@ -190,7 +211,7 @@ def wait_ready(url: DbURL, settings: Settings, timeout_ms: int) -> float:
     while True:
         left = deadline - time.monotonic()
         kw["connect_timeout"] = str(max(2, min(int(left) + 1, settings.connect_timeout_s)))
-        status = pq.PGconn.ping(psycopg.conninfo.make_conninfo(**kw).encode())
+        status = pq.PGconn.ping(make_conninfo(**kw).encode())
         if status == pq.Ping.OK:
             return round(time.monotonic() - start, 3)
         if status == pq.Ping.NO_ATTEMPT:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import connect, describe
+from dbkit.db import connect, describe, row, value
 from dbkit.errors import DbkitError
 from dbkit.migrate import commands as migrations
 
@@ -127,9 +127,8 @@ def _admin_connection(settings: Settings, admin: DbURL | None, problem: str
 
 def _check_server(ctx: _Ctx) -> Check:
     assert ctx.app is not None
-    num, version = ctx.app.execute(
-        "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
-    ).fetchone()
+    num, version = row(ctx.app, "SELECT current_setting('server_version_num')::int,"
+                       " current_setting('server_version')")
     if num < OLDEST_SUPPORTED:
         return Check("server", WARN, f"PostgreSQL {version} at {ctx.url} is out of support",
                      "upgrade to a supported major version")
@@ -171,9 +170,8 @@ def _hba_method(ctx: _Ctx) -> str | None:
     import psycopg
 
     assert ctx.app is not None
-    client, ssl = ctx.app.execute(
-        "SELECT inet_client_addr()::text, coalesce((SELECT ssl FROM pg_stat_ssl"
-        " WHERE pid = pg_backend_pid()), false)").fetchone()
+    client, ssl = row(ctx.app, "SELECT inet_client_addr()::text, coalesce((SELECT ssl"
+                      " FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
     groups = {r[0] for r in ctx.app.execute(
         "SELECT b.rolname FROM pg_roles b WHERE pg_has_role(current_user, b.oid, 'MEMBER')")}
     for conn in (ctx.admin, ctx.app):
@@ -221,11 +219,11 @@ def _used_method(ctx: _Ctx) -> tuple[str, str]:
     """Without pg_hba_file_rules: what libpq saw during this login."""
     assert ctx.app is not None
     if ctx.app.info.server_version >= 160000:
-        system_user = ctx.app.execute("SELECT system_user").fetchone()[0]
+        system_user = value(ctx.app, "SELECT system_user")
         if system_user:
             return system_user.split(":", 1)[0], "system_user"
     if ctx.app.pgconn.used_password:
-        enc = ctx.app.execute("SELECT current_setting('password_encryption')").fetchone()[0]
+        enc = value(ctx.app, "SELECT current_setting('password_encryption')")
         return f"password ({enc} by password_encryption)", "this login; pg_hba.conf not readable"
     if ctx.app.pgconn.ssl_in_use and dict(ctx.url.params).get("sslcert"):
         return "cert", "this login"
@@ -236,9 +234,9 @@ def _check_admin_role(ctx: _Ctx) -> Check:
     if ctx.admin is None:
         return Check("admin-role", WARN, ctx.admin_problem,
                      "set DBKIT_ADMIN_URL to a role WITH CREATEROLE CREATEDB")
-    name, sup, createrole, createdb = ctx.admin.execute(
-        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
-        " WHERE rolname = current_user").fetchone()
+    name, sup, createrole, createdb = row(
+        ctx.admin, "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
+        " WHERE rolname = current_user")
     if sup:
         return Check("admin-role", PASS, f"{name} is a superuser (CREATEROLE and CREATEDB would "
                      "be enough)")
@@ -284,8 +282,7 @@ def _check_app_role(ctx: _Ctx) -> Check:
 def _check_public_connect(ctx: _Ctx) -> Check:
     assert ctx.app is not None
     db = ctx.url.dbname
-    if ctx.app.execute("SELECT has_database_privilege('public', current_database(), 'CONNECT')"
-                       ).fetchone()[0]:
+    if value(ctx.app, "SELECT has_database_privilege('public', current_database(), 'CONNECT')"):
         return Check("public-connect", FAIL, f"every role on the server may connect to {db}",
                      f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC (dbkit create does this)")
     return Check("public-connect", PASS, f"PUBLIC cannot connect to {db}")
@@ -361,7 +358,7 @@ def _check_invalid_indexes(ctx: _Ctx) -> Check:
 
 def _check_pooler(ctx: _Ctx) -> Check:
     assert ctx.app is not None
-    server_port = int(ctx.app.execute("SELECT current_setting('port')").fetchone()[0])
+    server_port = int(value(ctx.app, "SELECT current_setting('port')"))
     url_port = ctx.url.port or int(ctx.settings.pg_env.get("PGPORT", "5432"))
     if url_port == server_port:
         return Check("pooler", PASS, "DATABASE_URL reaches PostgreSQL directly")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class Grant(NamedTuple):
-    sql: sql.Composable
+    sql: sql.Composed
     where: str  # "admin" (any database of the server) or "target" (inside the database)
 
 

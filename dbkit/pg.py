@@ -131,7 +131,7 @@ def verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
 
 
 class Statement(NamedTuple):
-    sql: sql.Composable
+    sql: sql.Composed
     shown: str  # what --dry-run / --verbose print: passwords masked
 
 

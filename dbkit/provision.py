@@ -38,11 +38,11 @@ OpenTarget = Callable[[str], "psycopg.Connection[Any]"]
 class Step:
     """One statement. ``where`` is "admin" (maintenance db) or "target" (the new database)."""
 
-    sql: sql.Composable
+    sql: sql.SQL | sql.Composed
     shown: str  # what --dry-run / --verbose print: passwords masked
     where: str = "admin"
     transactional: bool = True
-    undo: sql.Composable | None = None  # how to remove what this step creates
+    undo: sql.SQL | sql.Composed | None = None  # how to remove what this step creates
 
 
 @dataclass
@@ -135,7 +135,7 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
             raise InvalidName("the app role must differ from the owner role in DATABASE_URL")
     plan = Plan(database=db, role=role, app_role=app_role)
 
-    def add(stmt: sql.Composable, shown: str | None = None, **kw: Any) -> None:
+    def add(stmt: sql.SQL | sql.Composed, shown: str | None = None, **kw: Any) -> None:
         plan.steps.append(Step(stmt, shown or stmt.as_string(conn), **kw))
 
     for name, is_app in ((role, False), (app_role, True)):
@@ -332,9 +332,8 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
             stmt = pg.drop_database_sql(db, force=force)
             steps.append(stmt.as_string(conn))
             if not dry_run:
-                _run(conn, stmt, f"cannot drop database {db!r}", in_use=(
-                    f"database {db!r} has open connections",
-                    "close them, or pass --force to terminate them"))
+                _run(conn, stmt, f"cannot drop database {db!r}",
+                     in_use="close its connections, or pass --force to terminate them")
         for r in roles:
             info = role_info(conn, r)
             if info is None:
@@ -345,9 +344,9 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
             stmt = pg.drop_role_sql(r)
             steps.append(stmt.as_string(conn))
             if not dry_run:
-                _run(conn, stmt, f"cannot drop role {r!r}", in_use=(
-                    f"role {r!r} still owns objects or holds privileges in other databases",
-                    "run DROP OWNED BY in those databases, then dbkit drop again"))
+                _run(conn, stmt, f"cannot drop role {r!r}",
+                     in_use="run DROP OWNED BY in the databases where it owns objects or holds "
+                     "privileges, then dbkit drop again")
     return Result(database=db, role=role, app_role=settings.app_role, created=[],
                   existed=existed, statements=steps, dry_run=dry_run, url=str(url))
 
@@ -373,15 +372,12 @@ def _check_droppable(conn: psycopg.Connection[Any], role: str, db: str) -> None:
                        hint="REASSIGN OWNED / DROP OWNED BY that role there, then dbkit drop again")
 
 
-def _run(conn: psycopg.Connection[Any], stmt: sql.Composable, doing: str,
-         in_use: tuple[str, str]) -> None:
+def _run(conn: psycopg.Connection[Any], stmt: sql.Composed, doing: str, in_use: str) -> None:
     """One drop; "in use" (sessions, dependent objects) is the conflict it most often meets."""
     import psycopg
 
     log.info("%s", stmt.as_string(conn))
     try:
         conn.execute(stmt)
-    except (psycopg.errors.ObjectInUse, psycopg.errors.DependentObjectsStillExist):
-        raise Conflict(in_use[0], hint=in_use[1]) from None
     except psycopg.Error as exc:
-        raise translate(exc, doing) from None
+        raise translate(exc, doing, hints={Conflict: in_use}) from None

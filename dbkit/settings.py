@@ -64,16 +64,22 @@ VARIABLES: tuple[Variable, ...] = (
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
+_MAX_MS = 2_147_483_647  # PostgreSQL's limit for lock_timeout and statement_timeout (~24 days)
 
 
 def parse_duration(value: str, what: str) -> int:
     """``5s``, ``500ms``, ``2min``, ``1h`` in milliseconds; a bare number is seconds (as
     PostgreSQL's own ``connect_timeout`` is); ``0`` means no limit. The one duration parser."""
     m = _DURATION.match(value)
+    hint = f"fix {what}; a bare number means seconds, 0 means no limit"
     if not m:
         raise ConfigError(f"{what} must be a duration like 5s, 500ms or 2min (got {value!r})",
-                          hint=f"fix {what}; a bare number means seconds, 0 means no limit")
-    return round(float(m.group(1)) * _UNIT_MS[m.group(2) or "s"])
+                          hint=hint)
+    ms = round(float(m.group(1)) * _UNIT_MS[m.group(2) or "s"])
+    if ms > _MAX_MS:
+        raise ConfigError(f"{what} is longer than PostgreSQL allows (about 24 days; got {value!r})",
+                          hint=hint)
+    return ms
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,8 @@ class Settings:
         pg_env.update({k: v for k, v in environ.items() if k.startswith("PG") and v})
         _check_pg_env(pg_env)
         return cls(**_parse(raw, cwd), env_file=path, cwd=cwd, pg_env=pg_env,
-                   **{k: bool(given.get(k, False)) for k in ("local", "debug", "verbose")})
+                   local=bool(given.get("local")), debug=bool(given.get("debug")),
+                   verbose=bool(given.get("verbose")))
 
     def target(self) -> Target:
         """The application's database (DATABASE_URL), for a command that acts on it."""

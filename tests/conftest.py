@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from cluster import drop_everything, throwaway_cluster, unique_name
 
 from dbkit.cli import run
-from cluster import drop_everything, throwaway_cluster, unique_name
 from dbkit.urls import DbURL
 
 REPO = Path(__file__).resolve().parent.parent

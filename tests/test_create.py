@@ -1,4 +1,5 @@
-"""dbkit create / drop against a real server: issue 2's acceptance lines."""
+"""dbkit create / drop against a real server: a dedicated role and database with least
+privilege, idempotent, secrets kept out of sight, strange names taken literally, all or nothing."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import stat
 
 import psycopg
 import pytest
+from cluster import unique_name
 from psycopg import sql
 
-from cluster import unique_name
 from dbkit.urls import DbURL
 
 
@@ -43,7 +44,7 @@ def one_line_error(result, code: int) -> None:
     assert len(lines) == 1 and lines[0].startswith("dbkit: error:"), result.err
 
 
-# 1 ---------------------------------------------------------------------------------------
+# -- the role logs in; nobody else may ------------------------------------------------------
 def test_role_logs_in_with_generated_password_and_others_cannot_connect(app, admin_conn):
     r = app.cli("create", DATABASE_URL=app.url.with_(password=None).render())
     assert r.code == 0, r.output
@@ -176,7 +177,7 @@ def test_connection_limit(app, admin_conn):
                               (app.role,)).fetchone()[0] == 7
 
 
-# 2 ---------------------------------------------------------------------------------------
+# -- twice is the same as once --------------------------------------------------------------
 def test_create_twice_same_catalog(app, admin_conn):
     first = app.cli("create")
     assert first.code == 0, first.output
@@ -187,7 +188,7 @@ def test_create_twice_same_catalog(app, admin_conn):
     assert (catalog(admin_conn, [app.role, app.db]), inside(app)) == before
 
 
-# 3 ---------------------------------------------------------------------------------------
+# -- passwords stay out of argv, output and the server's log --------------------------------
 def test_passwords_never_in_output_argv_or_server_log(app, admin_conn, request):
     log_file = _server_log(request)
     admin_conn.execute("ALTER SYSTEM SET log_statement = 'all'")
@@ -265,7 +266,7 @@ def _server_log(request):
     return candidates[0]
 
 
-# 4 ---------------------------------------------------------------------------------------
+# -- any name PostgreSQL accepts, quoted literally ------------------------------------------
 @pytest.mark.parametrize("role,db", [
     ('we"ird; role', "my db; DROP DATABASE postgres; --"),
     ("rôle ünïcode ✓", "データベース 'quoted'"),
@@ -282,7 +283,7 @@ def test_strange_names_created_literally(app, admin_conn, role, db):
         assert c.execute("SELECT current_database()").fetchone()[0] == app.db
 
 
-# 5 ---------------------------------------------------------------------------------------
+# -- bad input: one line, a documented exit code, nothing made ------------------------------
 @pytest.mark.parametrize("mutate,code,needle", [
     (lambda a: a.url.with_(dbname="postgres"), 6, "reserved"),
     (lambda a: a.url.with_(dbname="template1"), 6, "reserved"),
@@ -401,7 +402,7 @@ def test_failure_midway_removes_what_this_run_created(app, pg):
         assert catalog(conn, [app.role, app.db]) == {"roles": [], "databases": []}
 
 
-# 6 ---------------------------------------------------------------------------------------
+# -- --dry-run changes nothing --------------------------------------------------------------
 def test_dry_run_changes_nothing(app, admin_conn):
     before = catalog(admin_conn, [app.role, app.db])
     r = app.cli("create", "--dry-run")
@@ -420,7 +421,7 @@ def test_dry_run_on_converged_database_is_empty(app):
     assert json.loads(r.out)["statements"] == []
 
 
-# 7 ---------------------------------------------------------------------------------------
+# -- two-role mode --------------------------------------------------------------------------
 def test_two_role_mode(app, admin_conn):
     app_role = app.role + "_app"
     app.extra_roles.append(app_role)

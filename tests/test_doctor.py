@@ -1,5 +1,5 @@
 """dbkit doctor against a real server: a healthy database passes, a deliberately misconfigured
-one is reported check by check (issue 7, line 4)."""
+one is reported check by check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""dbkit history: every apply and rollback recorded (issue 7, acceptance 5)."""
+"""dbkit history: every apply and rollback recorded, with who, where, when and the outcome."""
 
 from __future__ import annotations
 

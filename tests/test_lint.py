@@ -1,5 +1,5 @@
 """dbkit lint: every rule has a failing and a passing example, a suppressed statement passes, and
-the passing examples really run on PostgreSQL the way the linter assumes (issue 7, line 1)."""
+the passing examples really run on PostgreSQL the way the linter assumes."""
 
 from __future__ import annotations
 

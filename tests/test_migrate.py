@@ -1,4 +1,4 @@
-"""dbkit migrate / rollback / status / verify / new against a real PostgreSQL (issue 3)."""
+"""dbkit migrate / rollback / status / verify / new against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def posts_copy(created) -> Path:
     return d
 
 
-# -- acceptance 1 --------------------------------------------------------------------------
+# -- migrate, roll back, migrate: the same schema -------------------------------------------
 def test_migrate_rollback_all_migrate_gives_identical_schema(created):
     app = created
     r = app.cli("migrate")
@@ -94,7 +94,7 @@ def test_migrations_run_as_the_database_url_role(created):
     assert sorted(owners) == [("posts", app.role), ("users", app.role), ("votes", app.role)]
 
 
-def test_posts_schema_behaves_as_issue_describes(created):
+def test_posts_schema_behaves_as_the_tutorial_app_needs(created):
     app = created
     assert app.cli("migrate").code == 0
     with app.connect(autocommit=True) as conn:
@@ -130,7 +130,7 @@ def test_owner_migration_succeeds_on_posts_with_rows(created):
     assert applied_ids(app) == POSTS_IDS
 
 
-# -- acceptance 2 --------------------------------------------------------------------------
+# -- yoyo's own CLI agrees ------------------------------------------------------------------
 def test_yoyo_cli_lists_every_migration_as_applied(created):
     app = created
     assert app.cli("migrate").code == 0
@@ -160,7 +160,7 @@ def test_dbkit_agrees_with_migrations_applied_by_yoyo(created):
     assert json.loads(app.cli("status", "--json").out)["unverified"] == []
 
 
-# -- acceptance 5 --------------------------------------------------------------------------
+# -- a broken migration is named and rolled back --------------------------------------------
 def test_broken_migration_names_file_and_position_and_keeps_earlier(created):
     app = created
     d = write(app.cwd / "m", {
@@ -190,7 +190,7 @@ def test_syntax_error_position_points_into_the_file(created):
     assert "0001_typo.sql:3:8" in r.err and 'syntax error at or near "TABEL"' in r.err
 
 
-# -- acceptance 6 --------------------------------------------------------------------------
+# -- drift: applied files that changed ------------------------------------------------------
 def test_edited_applied_migration_fails_verify_naming_the_file(created, posts_copy):
     app = created
     m = ("--migrations", str(posts_copy))
@@ -252,7 +252,7 @@ def test_renamed_and_deleted_applied_migrations_are_drift(created, posts_copy):
     assert r.code == 11 and "0004_create_votes.sql was deleted" in r.err
 
 
-# -- acceptance 7 --------------------------------------------------------------------------
+# -- status --check as a deploy gate --------------------------------------------------------
 def test_status_check_is_a_deploy_gate(created):
     app = created
     r = app.cli("status", "--check")
@@ -453,8 +453,9 @@ def test_password_never_printed(created):
 
 
 def test_role_without_create_privilege_fails_fast_and_clearly(created, app):
-    from dbkit.envfile import read as read_env_file
     from cluster import unique_name
+
+    from dbkit.envfile import read as read_env_file
 
     dml = unique_name("dml")
     app.extra_roles.append(dml)

@@ -38,7 +38,7 @@ def counts(app, query: str) -> dict[str, int]:
         return dict(conn.execute(query).fetchall())
 
 
-# -- acceptance 3 --------------------------------------------------------------------------
+# -- concurrent migrators: each migration applied once --------------------------------------
 def test_eight_concurrent_migrates_apply_each_migration_once(created):
     app = created
     with ThreadPoolExecutor(8) as pool:
@@ -115,7 +115,7 @@ def test_migrate_holds_off_a_concurrent_yoyo_apply(created, tmp_path):
         {"0001_create_posts": 1, "0002_create_users": 1}
 
 
-# -- acceptance 4 --------------------------------------------------------------------------
+# -- a migrator killed mid-migration leaves nothing half-applied ----------------------------
 def test_sigkill_mid_migration_then_migrate_again(created, tmp_path):
     app = created
     d = tmp_path / "slow"

@@ -1,4 +1,4 @@
-"""dbkit migrate lints pending migrations first (issue 7, acceptance 3)."""
+"""dbkit migrate lints pending migrations first: unsafe ones are refused outside development."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""migrate / status / seed through a real PgBouncer in transaction pooling mode (issue 7, line 6).
+"""migrate / status / seed through a real PgBouncer in transaction pooling mode, where session
+state (locks, SETs, prepared statements) does not survive from one transaction to the next.
 
 The PgBouncer started here hands each transaction to the next server connection in turn
 (server_round_robin, several connections kept open), so anything that relies on session state

@@ -1,5 +1,5 @@
 """The pytest plugin, run the way users run it: a separate pytest process on a sample module,
-plain and under pytest-xdist, passing, failing, interrupted and killed (issue 6, line 3)."""
+plain and under pytest-xdist, passing, failing, interrupted and killed."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test_cmd in ci
     assert "pytest" in test_cmd and "dbkit setup" in run_cmd
+    assert "ruff check" in test_cmd and "basedpyright" in test_cmd  # the checks gate CI too
 
 
 def test_readme_run_command_on_a_fresh_copy():

@@ -1,5 +1,6 @@
-"""dbkit seed against a real server (issue 4: the four acceptance lines, plus file formats,
---json, progress only on a terminal, flat memory)."""
+"""dbkit seed against a real server: idempotent sample data, deterministic synthetic data, files
+whose bad rows load nothing and are named, refusal on an unmigrated database; plus file formats,
+--json, progress only on a terminal, flat memory."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from cluster import unique_name
+from psycopg import sql
 
 SYNTH = ("--users", "500", "--posts", "50000", "--votes", "20000", "--seed", "7")
 TABLES = ("users", "posts", "votes")
@@ -72,7 +72,7 @@ def schema_snapshot(conn: psycopg.Connection) -> list[tuple[str, ...]]:
         " WHERE tablename IN ('users', 'posts', 'votes') ORDER BY 1, 2, 3").fetchall()
 
 
-# -- 1. dbkit seed twice ------------------------------------------------------------------
+# -- dbkit seed twice -----------------------------------------------------------------------
 def test_sample_seed_twice_second_run_adds_nothing(migrated):
     first = migrated.cli("seed")
     assert first.code == 0, first.output
@@ -99,7 +99,7 @@ def test_sample_seed_keeps_rows_already_there_and_fills_the_rest(migrated):
                             " WHERE u.email = 'Alice@Example.com'").fetchone()[0] == 2
 
 
-# -- 2. synthetic data: same seed, same data on two fresh databases -----------------------
+# -- synthetic data: same seed, same data on two fresh databases ----------------------------
 def test_synthetic_same_seed_identical_on_two_fresh_databases_fks_hold(migrated):
     other = unique_name("db")
     migrated.extra_dbs.append(other)
@@ -170,7 +170,7 @@ def test_synthetic_counts_that_cannot_hold_are_refused(migrated):
     assert counts(migrated) == {"users": 0, "posts": 0, "votes": 0}
 
 
-# -- 3. --from: a bad row loads nothing and names the line --------------------------------
+# -- --from: a bad row loads nothing and names the line -------------------------------------
 def write(dirpath: Path, name: str, text: str) -> Path:
     dirpath.mkdir(exist_ok=True)
     p = dirpath / name
@@ -251,7 +251,7 @@ def test_json_bad_record_names_its_line_and_field(migrated):
     assert counts(migrated)["users"] == 0
 
 
-# -- 4. refuse on an unmigrated database / pending migrations -----------------------------
+# -- refuse on an unmigrated database / pending migrations ----------------------------------
 def test_unmigrated_database_refused_with_hint_to_migrate(app):
     assert app.cli("create").code == 0
     r = app.cli("seed")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dbkit.errors import ConfigError, InvalidURL
 from dbkit.envfile import read as read_env_file
 from dbkit.envfile import update as update_env_file
+from dbkit.errors import ConfigError, InvalidURL
 from dbkit.settings import Settings
 from dbkit.urls import DbURL, mask_url
 
@@ -87,3 +87,46 @@ def test_render_round_trips_and_masks():
     assert "p@ss" not in str(url) and ":***@" in str(url)
     assert "secret" not in mask_url("postgresql://u:secret@h/db")
     assert mask_url("garbage://") == "<invalid URL>"
+
+
+def test_every_variable_is_documented_in_readme_and_env_example():
+    from dbkit.settings import VARIABLES
+
+    root = Path(__file__).resolve().parent.parent
+    readme, example = (root / "README.md").read_text(), (root / ".env.example").read_text()
+    missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme or v.name not in example]
+    assert missing == []
+
+
+@pytest.mark.parametrize("value,ms", [("5s", 5000), ("500ms", 500), ("2min", 120_000),
+                                      ("1h", 3_600_000), ("1", 1000), ("1.5", 1500), ("0", 0),
+                                      (" 3 s ", 3000)])
+def test_one_duration_parser(value, ms, tmp_path):
+    s = Settings.load(environ={"DBKIT_LOCK_TIMEOUT": value, "DBKIT_STATEMENT_TIMEOUT": value},
+                      cwd=tmp_path)
+    assert (s.lock_timeout_ms, s.statement_timeout_ms) == (ms, ms)
+
+
+@pytest.mark.parametrize("var", ["DBKIT_LOCK_TIMEOUT", "DBKIT_STATEMENT_TIMEOUT",
+                                 "DBKIT_CONNECT_TIMEOUT"])
+@pytest.mark.parametrize("value", ["abc", "-1s", "5 seconds", "1e3", "999999999s"])
+def test_bad_durations_name_their_variable(var, value, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        Settings.load(environ={var: value}, cwd=tmp_path)
+    assert err.value.exit_code == 3 and err.value.message.startswith(var)
+
+
+def test_connect_timeout_must_leave_some_time(tmp_path):
+    with pytest.raises(ConfigError, match="DBKIT_CONNECT_TIMEOUT must be more than 0"):
+        Settings.load(environ={"DBKIT_CONNECT_TIMEOUT": "0"}, cwd=tmp_path)
+    assert Settings.load(environ={"DBKIT_CONNECT_TIMEOUT": "1500ms"},
+                         cwd=tmp_path).connect_timeout_s == 2  # libpq takes whole seconds
+
+
+def test_settings_are_typed_once(tmp_path):
+    s = Settings.load(environ={"DATABASE_URL": "postgresql://u:p@h:1/d", "DBKIT_DATA_DIR": "data",
+                               "DBKIT_MIGRATIONS": "m", "DBKIT_PG_BIN": "/opt/pg/bin"},
+                      cwd=tmp_path)
+    assert isinstance(s.database_url, DbURL) and s.database_url.port == 1
+    assert s.data_dir == tmp_path / "data" and s.migrations == tmp_path / "m"
+    assert s.pg_bin == Path("/opt/pg/bin")

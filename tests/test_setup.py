@@ -1,4 +1,5 @@
-"""dbkit setup with nothing configured: dbkit's own local PostgreSQL (issue 5's acceptance)."""
+"""dbkit setup with nothing configured: dbkit's own local PostgreSQL, started, reused, moved
+and recovered."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import subprocess
 
 from helpers import run_dbkit as dbkit
 
-from dbkit.server import LocalServer, find_pg_bin
 from dbkit.envfile import read as read_env_file
+from dbkit.server import LocalServer, find_pg_bin
 from dbkit.urls import DbURL
 
 

@@ -1,4 +1,4 @@
-"""dbkit lint against squawk (PyPI squawk-cli) on a corpus of migrations (issue 7, line 2).
+"""dbkit lint against squawk (PyPI squawk-cli) on a corpus of migrations: no worse than the peer.
 
 On the rules both linters have, both must flag the same statements. Rules are compared by
 family (squawk sometimes reports one problem under two names, e.g. an ADD UNIQUE constraint as

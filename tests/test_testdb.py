@@ -1,4 +1,5 @@
-"""dbkit testdb / wait / reset against a real server (issue 6, acceptance lines 1, 2, 4, 5)."""
+"""dbkit testdb / wait / reset against a real server: N databases at once, a template that follows
+the migration files, all-or-nothing resets, and waiting for a server that is not up yet."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cluster import throwaway_cluster, unique_name
 from psycopg import sql
 
 from dbkit import pg
 from dbkit.admin import resolve
-from dbkit.testdb import clones
-from dbkit.testdb import template as testdb
 from dbkit.server import free_port
 from dbkit.settings import Settings
-from cluster import throwaway_cluster, unique_name
+from dbkit.testdb import clones
+from dbkit.testdb import template as testdb
 from dbkit.urls import DbURL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def settings_for(app, migrations: Path) -> Settings:
                                 "migrations": str(migrations)}, environ={}, cwd=app.cwd)
 
 
-# -- 1. testdb create --count 5 / drop -------------------------------------------------------
+# -- testdb create --count 5 / drop ---------------------------------------------------------
 def test_create_count_5_full_posts_schema_then_drop_removes_all(app, admin_conn, migrations):
     prefix = unique_name("ci") + "_"
     r = app.cli("testdb", "create", "--count", "5", "--prefix", prefix, "--json", "--reveal",
@@ -206,7 +207,7 @@ def test_drop_all_removes_templates_and_dead_runs_clones_too(app, migrations):
         assert dbs_with(conn, "dbkit_") == []
 
 
-# -- 2. editing a migration rebuilds the template -------------------------------------------
+# -- editing a migration rebuilds the template ----------------------------------------------
 def test_editing_a_migration_rebuilds_the_template(app, admin_conn, migrations):
     prefix = unique_name("ed") + "_"
     app.extra_dbs.append(f"{prefix}1")
@@ -301,7 +302,7 @@ def test_background_session_prefetches_and_close_leaves_nothing(app, admin_conn,
     assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
 
 
-# -- 4. reset ---------------------------------------------------------------------------------
+# -- reset ----------------------------------------------------------------------------------
 @pytest.fixture
 def app_with_row(app):
     assert app.cli("create").code == 0
@@ -347,7 +348,7 @@ def test_reset_drops_and_sets_up_again(app_with_row):
         assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] > 0
 
 
-# -- 5. wait ----------------------------------------------------------------------------------
+# -- wait -----------------------------------------------------------------------------------
 def test_wait_closed_port_fails_after_about_the_timeout(app):
     closed = DbURL(user="postgres", password="s3cr3t-xyz", host="127.0.0.1", port=free_port(),
                    dbname="postgres")

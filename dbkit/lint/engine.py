@@ -68,7 +68,8 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
         stmts = pglast.parse_sql(text)
     except parser.ParseError as exc:
         where = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-        return [Finding("parse-error", path, lines.line(where), f"cannot parse: {exc.args[0]}",
+        return [Finding("parse-error", path, lines.line(where),
+                        f"cannot parse: {next(iter(exc.args), exc)}",
                         RULES["parse-error"].fix)]
     comments = [(t.start, text[t.start:t.end + 1]) for t in parser.scan(text)
                 if t.name == "SQL_COMMENT"]
@@ -79,7 +80,7 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
     findings: list[Finding] = []
     prev_end_line = 0
     for raw in stmts:
-        start = raw.stmt_location
+        start = raw.stmt_location or 0
         end = start + raw.stmt_len if raw.stmt_len else len(text)
         first, last = lines.line(start), lines.line(max(start, end - 1))
         # comments on lines after the previous statement's last line, up to this one's last
@@ -134,7 +135,7 @@ def _left_not_valid(path: Path) -> dict[Any, str]:
         checker = Checker(transactional=False)
         checker.earlier = lambda: left
         for raw in stmts:
-            for _hit in checker.check(raw.stmt, raw.stmt_location):
+            for _hit in checker.check(raw.stmt, raw.stmt_location or 0):
                 pass
         left.update(checker.not_valid)
     return left

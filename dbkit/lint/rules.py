@@ -107,7 +107,7 @@ Table = tuple[str, str]  # (schema or "", name)
 def table_key(rv: ast.RangeVar | None) -> Table:
     if rv is None:
         return ("", "")
-    return (rv.schemaname or "", rv.relname)
+    return (rv.schemaname or "", rv.relname or "")
 
 
 def table_name(t: Table) -> str:
@@ -142,7 +142,7 @@ class Checker:
         return iter(())
 
     def _CreateTableAsStmt(self, stmt: ast.CreateTableAsStmt, start: int) -> Iterator[Hit]:
-        self.created.append(table_key(stmt.into.rel))
+        self.created.append(table_key(stmt.into.rel if stmt.into else None))
         return iter(())
 
     def _SelectStmt(self, stmt: ast.SelectStmt, start: int) -> Iterator[Hit]:
@@ -154,7 +154,7 @@ class Checker:
         t = table_key(stmt.relation)
         if stmt.renameType == ObjectType.OBJECT_TABLE:
             if self.is_new(t):
-                self.created.append((t[0], stmt.newname))
+                self.created.append((t[0], stmt.newname or ""))
                 return
             yield Hit("rename-table", start,
                       f"renaming table {table_name(t)} to {stmt.newname} breaks every running "
@@ -211,7 +211,8 @@ class Checker:
 
     # -- destructive and heavy-lock statements -----------------------------------------------
     def _TruncateStmt(self, stmt: ast.TruncateStmt, start: int) -> Iterator[Hit]:
-        old = [table_name(table_key(r)) for r in stmt.relations if not self.is_new(table_key(r))]
+        old = [table_name(table_key(r)) for r in stmt.relations or ()
+               if not self.is_new(table_key(r))]
         if old:
             yield Hit("truncate", start,
                       f"TRUNCATE {', '.join(old)} deletes every row and takes an ACCESS EXCLUSIVE "
@@ -231,8 +232,9 @@ class Checker:
                       "wait until it finishes")
 
     def _LockStmt(self, stmt: ast.LockStmt, start: int) -> Iterator[Hit]:
-        old = [table_name(table_key(r)) for r in stmt.relations if not self.is_new(table_key(r))]
-        if stmt.mode >= WRITE_BLOCKING_LOCK and old:
+        old = [table_name(table_key(r)) for r in stmt.relations or ()
+               if not self.is_new(table_key(r))]
+        if (stmt.mode or 0) >= WRITE_BLOCKING_LOCK and old:
             yield Hit("lock-table", start,
                       f"LOCK TABLE {', '.join(old)} blocks writes (or reads too) for the rest of "
                       "the migration's transaction")
@@ -244,7 +246,7 @@ class Checker:
         t = table_key(stmt.relation)
         new = self.is_new(t)
         name = table_name(t)
-        for cmd in stmt.cmds:
+        for cmd in stmt.cmds or ():
             sub = cmd.subtype
             if sub == AlterTableType.AT_DetachPartition and _detach_concurrently(cmd):
                 if self.transactional:
@@ -286,10 +288,11 @@ class Checker:
                           "code that still reads or writes it")
 
     def _add_column(self, col: ast.ColumnDef, t: Table, new: bool, start: int) -> Iterator[Hit]:
-        cons = list(col.constraints or ())
+        cons: list[ast.Constraint] = list(col.constraints or ())
         kinds = {c.contype for c in cons}
         where = f"{table_name(t)}.{col.colname}"
-        typename = col.typeName.names[-1].sval if col.typeName else ""
+        names = col.typeName.names if col.typeName else None
+        typename = (names[-1].sval or "") if names else ""
         has_value = bool(kinds & {ConstrType.CONSTR_DEFAULT, ConstrType.CONSTR_IDENTITY,
                                   ConstrType.CONSTR_GENERATED}) or typename in SERIAL_TYPES
         for c in cons:
@@ -377,11 +380,12 @@ def _detach_concurrently(cmd: ast.AlterTableCmd) -> bool:
 def _not_null_columns(expr: Any) -> list[str]:
     """Columns that ``expr`` proves NOT NULL: ``col IS NOT NULL`` alone or AND-ed."""
     if isinstance(expr, ast.NullTest) and expr.nulltesttype == NullTestType.IS_NOT_NULL:
-        if isinstance(expr.arg, ast.ColumnRef) and len(expr.arg.fields) == 1:
-            field_ = expr.arg.fields[0]
-            return [field_.sval] if isinstance(field_, ast.String) else []
+        fields = expr.arg.fields if isinstance(expr.arg, ast.ColumnRef) else None
+        if fields and len(fields) == 1:
+            field_ = fields[0]
+            return [field_.sval] if isinstance(field_, ast.String) and field_.sval else []
     if isinstance(expr, ast.BoolExpr) and expr.boolop == 0:  # AND_EXPR
-        return [c for arg in expr.args for c in _not_null_columns(arg)]
+        return [c for arg in expr.args or () for c in _not_null_columns(arg)]
     return []
 
 
@@ -404,8 +408,9 @@ def _rewrite_reason(cons: list[ast.Constraint], typename: str) -> str:
 def _unknown_functions(node: Any) -> set[str]:
     found: set[str] = set()
     if isinstance(node, ast.FuncCall):
-        name = node.funcname[-1].sval
-        if name.lower() not in NON_VOLATILE:
+        parts = node.funcname or ()
+        name = (parts[-1].sval or "") if parts else ""
+        if name and name.lower() not in NON_VOLATILE:
             found.add(name)
     if isinstance(node, ast.Node):
         for attr in node:

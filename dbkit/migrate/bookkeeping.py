@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dbkit import __version__
+from dbkit.db import row, value
 from dbkit.errors import PermissionDenied
 from dbkit.migrate.files import MigrationFile
 
@@ -90,8 +91,8 @@ def read_state(conn: psycopg.Connection) -> State:
         " AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)", (list(ALL_TABLES),))}
     state = State(tables=tables)
     if YOYO_VERSION in tables:
-        state.yoyo_version = conn.execute(
-            sql.SQL("SELECT max(version) FROM {}").format(_ident(YOYO_VERSION))).fetchone()[0]
+        state.yoyo_version = value(
+            conn, sql.SQL("SELECT max(version) FROM {}").format(_ident(YOYO_VERSION)))
     if YOYO_MIGRATIONS in tables:
         state.applied = [Applied(*r) for r in conn.execute(sql.SQL(
             "SELECT migration_id, migration_hash, applied_at_utc FROM {}"
@@ -111,8 +112,8 @@ def ensure_tables(conn: psycopg.Connection, url: DbURL, settings: Settings, stat
                   and (state.yoyo_version or 0) >= max(internalmigrations.schema_versions))
     if yoyo_ready and {CHECKSUMS, HISTORY} <= state.tables:
         return state
-    can_create = conn.execute(
-        "SELECT has_schema_privilege(current_schema(), 'CREATE'), current_schema()").fetchone()
+    can_create = row(
+        conn, "SELECT has_schema_privilege(current_schema(), 'CREATE'), current_schema()")
     if not can_create[0]:
         raise PermissionDenied(
             f"role {url.user!r} cannot create the migration bookkeeping tables in schema "
@@ -306,12 +307,12 @@ class Recorder:
     def start(self, migration: str, direction: str) -> tuple[int, float]:
         from psycopg import sql
 
-        row = self.conn.execute(sql.SQL(
+        entry = value(self.conn, sql.SQL(
             "INSERT INTO {} (run_id, migration_id, direction, outcome, os_user, hostname,"
             " dbkit_version) VALUES (%s, %s, %s, 'running', %s, %s, %s) RETURNING id"
         ).format(sql.Identifier(HISTORY)),
-            (self.run_id, migration, direction, self.user, self.host, __version__)).fetchone()
-        return row[0], time.perf_counter()
+            (self.run_id, migration, direction, self.user, self.host, __version__))
+        return entry, time.perf_counter()
 
     def finish(self, entry: tuple[int, float], outcome: str, error: str | None = None) -> float:
         """Close a row; inside the migration's transaction for ``ok``. Returns milliseconds."""
@@ -328,8 +329,8 @@ class Recorder:
 def read_history(conn: psycopg.Connection, limit: int | None = None) -> list[Entry]:
     from psycopg import sql
 
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                          (sql.Identifier(HISTORY).as_string(conn),)).fetchone()[0]
+    exists = value(conn, "SELECT to_regclass(%s) IS NOT NULL",
+                   (sql.Identifier(HISTORY).as_string(conn),))
     if not exists:
         return []
     query = sql.SQL(

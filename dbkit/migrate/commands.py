@@ -422,7 +422,7 @@ def dump(target: Target, file: Path | None = None) -> DumpResult:
     --schema-only as the migrations' role, without dbkit's and yoyo's bookkeeping tables,
     followed by the list of applied migrations: a file that changes exactly when the schema or
     the migration state does. The password reaches pg_dump through PGPASSWORD, never argv."""
-    import psycopg
+    from psycopg.conninfo import make_conninfo
 
     from dbkit.server import GET_BINARIES, find_pg_bin
 
@@ -438,7 +438,7 @@ def dump(target: Target, file: Path | None = None) -> DumpResult:
     if password is not None:
         env["PGPASSWORD"] = password
     args = [str(pg_dump), "--schema-only", "--no-owner", "--no-privileges", "--encoding=UTF8",
-            "-d", psycopg.conninfo.make_conninfo(**kw)]
+            "-d", make_conninfo(**kw)]
     args += [f"--exclude-table={t}" for t in sorted(ALL_TABLES)]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     if proc.returncode != 0:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import connect, describe, error_class, value
+from dbkit.db import connect, describe, error_class, server_said, value
 from dbkit.errors import ConfigError, ConnectError, DbkitError, LockTimeout, MigrationError
 from dbkit.migrate import bookkeeping
 from dbkit.migrate.bookkeeping import Recorder
@@ -102,7 +102,7 @@ class Runner:
             try:
                 self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
             except psycopg.Error as exc:
-                self.notes.append(f"could not end session {pid}: {exc.diag.message_primary}")
+                self.notes.append(f"could not end session {pid}: {describe(exc)}")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and value(
                 self.conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)):
@@ -123,7 +123,7 @@ class Runner:
                 self.conn.execute("SELECT set_config('lock_timeout', %s, true),"
                                   " set_config('statement_timeout', %s, true)", params)
         except psycopg.errors.InvalidParameterValue as exc:
-            raise ConfigError(f"invalid timeout: {exc.diag.message_primary}") from None
+            raise ConfigError(f"invalid timeout: {describe(exc)}") from None
 
     def _autocommit_conn(self, mf: MigrationFile) -> psycopg.Connection:
         """A connection of its own for a non-transactional migration, its timeouts given as
@@ -270,19 +270,18 @@ def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception
     (the kind of error is the one translator's: ``dbkit.db.error_class``)."""
     import psycopg
 
-    diag = getattr(exc, "diag", None)
-    primary = (diag.message_primary if diag else None) or describe(exc)
-    state = getattr(exc, "sqlstate", None)
+    said = server_said(exc)
+    primary = said.primary or describe(exc)
+    state = said.sqlstate
     where = path.name
     if stmt is not None:
-        pos = diag.statement_position if diag else None
-        where = position(path, stmt, int(pos) if pos else None)
+        where = position(path, stmt, said.position)
     if stmt is None:
         where += " (recording it)"
     kept = ("it was rolled back" if mf.transactional else
             "statements before it were committed (non-transactional migration) and it is not"
             " recorded as applied")
-    detail = f"; {diag.message_detail}" if diag and diag.message_detail else ""
+    detail = f"; {said.detail}" if said.detail else ""
     kind = error_class(exc, within=MigrationError)
     if kind is LockTimeout:
         return LockTimeout(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from dbkit.db import connect, translate, value
 from dbkit.errors import (
@@ -210,7 +210,7 @@ def check_schema(conn: psycopg.Connection[Any], target: Target) -> None:
                              hint="run dbkit migrate")
 
 
-def _scalar(conn: psycopg.Connection[Any], query: str, table: str) -> Any:
+def _scalar(conn: psycopg.Connection[Any], query: LiteralString, table: str) -> Any:
     from psycopg import sql
 
     return value(conn, sql.SQL(query).format(sql.Identifier(table)))
@@ -243,22 +243,23 @@ def _row_exists(conn: psycopg.Connection, table: str, line: str) -> bool:
         sql.SQL("{} IS NOT DISTINCT FROM CAST({} AS {})").format(
             sql.Identifier(c), sql.Placeholder(), sql.SQL(_TYPES[c])) for c in cols)
     q = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(sql.Identifier(table), cond)
-    return bool(conn.execute(q, values).fetchone()[0])
+    return bool(value(conn, q, values))
 
 
-_TYPES = {"id": "bigint", "email": "text", "password_hash": "text", "created_at": "timestamptz",
-          "title": "text", "content": "text", "published": "boolean", "owner_id": "bigint",
-          "post_id": "bigint", "user_id": "bigint"}
+_TYPES: dict[str, LiteralString] = {
+    "id": "bigint", "email": "text", "password_hash": "text", "created_at": "timestamptz",
+    "title": "text", "content": "text", "published": "boolean", "owner_id": "bigint",
+    "post_id": "bigint", "user_id": "bigint"}
 
 
-def _unescape(value: str) -> str:
-    if "\\" not in value:
-        return value
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
     out, i = [], 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            nxt = value[i + 1]
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
             out.append({"t": "\t", "n": "\n", "r": "\r"}.get(nxt, nxt))
             i += 2
         else:

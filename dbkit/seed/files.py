@@ -23,7 +23,7 @@ from typing import Any
 
 from dbkit.errors import DataError
 
-TABLES = ("users", "posts", "votes")
+TABLES: tuple[str, ...] = ("users", "posts", "votes")  # load order: parents first
 EXTS = (".csv", ".json", ".jsonl", ".ndjson")
 # column -> kind: id (positive bigint), key (non-empty text), body (text, may be empty),
 # text (optional text), bool, ts (timestamp)

@@ -12,7 +12,7 @@ loading the same files again adds nothing:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from dbkit.errors import DataError
 from dbkit.seed.files import SPEC, TABLES, Source, convert, records
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from dbkit.seed.bulk import Progress
 
-_SQL_TYPES = {"id": "bigint", "key": "text", "body": "text", "text": "text", "bool": "boolean",
-              "ts": "timestamptz"}
+_SQL_TYPES: dict[str, LiteralString] = {"id": "bigint", "key": "text", "body": "text",
+                                        "text": "text", "bool": "boolean", "ts": "timestamptz"}
 _CHUNK = 5000  # rows between progress calls
 
 
@@ -67,18 +67,18 @@ def _stage(conn: psycopg.Connection, src: Source, table: str, progress: Progress
     return n
 
 
-def _q(table: str, template: str) -> sql.Composed:
+def _q(table: str, template: LiteralString) -> sql.Composed:
     """A constant query template; ``{s}`` is the table's staging table."""
     from psycopg import sql
 
     return sql.SQL(template).format(s=sql.Identifier(f"dbkit_seed_{table}"))
 
 
-def _first(conn: psycopg.Connection, table: str, template: str) -> tuple[Any, ...] | None:
+def _first(conn: psycopg.Connection[Any], table: str, template: LiteralString) -> tuple[Any, ...] | None:
     return conn.execute(_q(table, template)).fetchone()
 
 
-def _run(conn: psycopg.Connection, table: str, template: str) -> int:
+def _run(conn: psycopg.Connection[Any], table: str, template: LiteralString) -> int:
     return conn.execute(_q(table, template)).rowcount
 
 
@@ -90,7 +90,7 @@ def _merge(conn: psycopg.Connection, src: Source, table: str) -> int:
     return _merge_votes(conn, src)
 
 
-_SAME = {"id": "a.id = b.id", "email": "lower(a.email) = lower(b.email)"}
+_SAME: dict[str, LiteralString] = {"id": "a.id = b.id", "email": "lower(a.email) = lower(b.email)"}
 
 
 def _dupes(conn: psycopg.Connection, src: Source, table: str, col: str, what: str) -> None:

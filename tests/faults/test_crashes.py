@@ -23,10 +23,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cluster import unique_name
 from helpers import clean_env
 from psycopg import sql
-
-from cluster import unique_name
 
 pytestmark = pytest.mark.faults
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from cluster import unique_name
+from psycopg import sql
 
 pytestmark = pytest.mark.faults
 

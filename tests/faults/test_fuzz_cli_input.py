@@ -4,11 +4,11 @@ documented error (one line, no traceback) — never exit 1 ("unexpected")."""
 from __future__ import annotations
 
 import pytest
+from cluster import drop_everything
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbkit.errors import EXIT_CODES
-from cluster import drop_everything
 
 pytestmark = pytest.mark.faults
 DOCUMENTED = {code for code, _ in EXIT_CODES} - {1}

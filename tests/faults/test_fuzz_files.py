@@ -21,12 +21,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cluster import drop_everything, unique_name
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
 from dbkit.errors import EXIT_CODES
-from cluster import drop_everything, unique_name
 
 pytestmark = pytest.mark.faults
 DOCUMENTED = {code for code, _ in EXIT_CODES} - {1}

@@ -23,13 +23,13 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from cluster import fast_tmp, unique_name
 from helpers import clean_env
 
-from dbkit.server import LocalServer
 from dbkit.envfile import read as read_env_file
 from dbkit.envfile import update as update_env_file
+from dbkit.server import LocalServer
 from dbkit.testdb.template import owner_password
-from cluster import fast_tmp, unique_name
 from dbkit.urls import DbURL
 
 pytestmark = pytest.mark.faults
