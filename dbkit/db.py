@@ -181,6 +181,22 @@ def translate(exc: BaseException, doing: str, *, within: type[DbkitError] | None
     return kind(f"{doing}: {message}", hint=(hints or {}).get(kind))
 
 
+def as_refusal(exc: BaseException) -> DbkitError | None:
+    """A psycopg error that no caller translated, as a refusal with its documented exit code,
+    or None when it is not one: not psycopg's, or the kind that means dbkit itself sent
+    something wrong (SQLSTATE class 42 but for privileges and reserved names, internal errors,
+    misuse of the driver), which stays a bug (exit 1)."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = getattr(exc, "sqlstate", None) or ""
+    if (state[:2] in ("42", "XX") and state not in _BY_CODE) or (
+            not state and not isinstance(exc, psycopg.OperationalError)):
+        return None
+    return translate(exc, "the server refused")
+
+
 # -- small helpers --------------------------------------------------------------------------
 def value(conn: psycopg.Connection[Any], query: Query, params: Params | None = None) -> Any:
     """The first column of the one row ``query`` returns (an aggregate, an EXISTS, ...)."""

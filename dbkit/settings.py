@@ -159,6 +159,12 @@ class Settings:
         return max(1, -(-self.connect_timeout_ms // 1000))
 
 
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment for a PostgreSQL client program dbkit runs (pg_dump): this process's,
+    without libpq's PG* variables (dbkit names the connection itself), plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")} | extra
+
+
 def _parse(raw: Mapping[str, tuple[str, str] | None], cwd: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("database_url", "admin_url", "app_url", "migrate_url"):

@@ -67,6 +67,8 @@ def reset(settings: Settings, admin: DbURL, *, seed: bool = True, env: str | Non
 
     Refused (``Refused``) when the settings say production, or ``env`` does (either is enough).
     """
+    import psycopg
+
     refuse_reset_in_production(settings, env)
     started = time.perf_counter()
     app = ensure(settings, admin)  # roles converged; the password known; the old db kept
@@ -76,19 +78,22 @@ def reset(settings: Settings, admin: DbURL, *, seed: bool = True, env: str | Non
     scratch, retired = side_name(db, "reset"), side_name(db, "retired")
     server = maintenance(app.admin, db)
     # One reset of a database at a time: a second one waits, then makes its own fresh copy.
-    with pg.serialised(server, settings, pg.reset_key(db), "reset"), \
-            connect(server, settings, autocommit=True) as conn:
-        for leftover in (scratch, retired):  # from a reset that was killed
-            pg.drop_database(conn, leftover)
-        steps = [{"step": "create", "changed": True, "detail": f"built as {scratch}"}]
-        try:
-            provision.create(app.target.at(scratch), app.admin, write_env=False)
-            steps += fill(app.target.at(scratch), seed=seed)
-            _swap(conn, db, scratch, retired)
-        except BaseException:
-            pg.drop_database(conn, scratch)
-            raise
-        pg.drop_database(conn, retired)
+    try:
+        with pg.serialised(server, settings, pg.reset_key(db), "reset"), \
+                connect(server, settings, autocommit=True) as conn:
+            for leftover in (scratch, retired):  # from a reset that was killed
+                pg.drop_database(conn, leftover)
+            steps = [{"step": "create", "changed": True, "detail": f"built as {scratch}"}]
+            try:
+                provision.create(app.target.at(scratch), app.admin, write_env=False)
+                steps += fill(app.target.at(scratch), seed=seed)
+                _swap(conn, db, scratch, retired)
+            except BaseException:
+                pg.drop_database(conn, scratch)
+                raise
+            pg.drop_database(conn, retired)
+    except psycopg.Error as exc:  # the server said no to one of reset's own steps
+        raise translate(exc, f"cannot reset database {db!r}") from None
     steps.append({"step": "swap", "changed": True, "detail": f"replaced {db}; old copy dropped"})
     return SetupResult(url=str(app.target.url), env_file=app.env_file, changed=True,
                        steps=steps, seconds=round(time.perf_counter() - started, 3))

@@ -15,6 +15,7 @@ import click
 
 from dbkit.cli import create, doctor, lint, migrate, seed, server, setup, testdb, wait
 from dbkit.cli.common import Terminated, cli, one_line, state
+from dbkit.db import as_refusal
 from dbkit.errors import DbkitError, first_line
 from dbkit.urls import mask_secrets
 
@@ -51,11 +52,7 @@ def run(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except DbkitError as exc:
-        if state.debug:
-            traceback.print_exc()
-        click.echo(one_line(f"dbkit: error: {mask_secrets(exc.message)} (hint: {exc.hint})"),
-                   err=True)
-        return exc.exit_code
+        return run_error(exc)
     except Terminated:
         click.echo("dbkit: terminated", err=True)
         return 143
@@ -63,6 +60,9 @@ def run(argv: list[str] | None = None) -> int:
         click.echo("dbkit: interrupted", err=True)
         return 130
     except Exception as exc:  # a bug or an unforeseen failure: still one line, still masked
+        refused = as_refusal(exc)  # a server's "no" that no caller named: never exit 1
+        if refused is not None:
+            return run_error(refused)
         if state.debug:
             traceback.print_exc()
         click.echo(f"dbkit: unexpected error: {exc.__class__.__name__}: "
@@ -70,3 +70,10 @@ def run(argv: list[str] | None = None) -> int:
                    "(hint: re-run with --debug and report it)", err=True)
         return 1
 
+
+def run_error(exc: DbkitError) -> int:
+    """One line on stderr, masked; the traceback only with --debug."""
+    if state.debug:
+        traceback.print_exc()
+    click.echo(one_line(f"dbkit: error: {mask_secrets(exc.message)} (hint: {exc.hint})"), err=True)
+    return exc.exit_code

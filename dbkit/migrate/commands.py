@@ -21,7 +21,6 @@ See docs/migrations.md for the guarantees (locking, crash safety, timeouts).
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -425,6 +424,7 @@ def dump(target: Target, file: Path | None = None) -> DumpResult:
     from psycopg.conninfo import make_conninfo
 
     from dbkit.server import GET_BINARIES, find_pg_bin
+    from dbkit.settings import child_environment
 
     settings, url = target.settings, target.migrate_url
     with _reader(url, settings) as conn:  # a clear error for a wrong URL, before pg_dump
@@ -434,9 +434,7 @@ def dump(target: Target, file: Path | None = None) -> DumpResult:
         raise ServerError(f"no pg_dump next to initdb in {pg_dump.parent}", hint=GET_BINARIES)
     kw = url.connect_kwargs()
     password = kw.pop("password", None)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    if password is not None:
-        env["PGPASSWORD"] = password
+    env = child_environment(**({"PGPASSWORD": password} if password is not None else {}))
     args = [str(pg_dump), "--schema-only", "--no-owner", "--no-privileges", "--encoding=UTF8",
             "-d", make_conninfo(**kw)]
     args += [f"--exclude-table={t}" for t in sorted(ALL_TABLES)]
