@@ -1,7 +1,9 @@
 """dbkit: give a PostgreSQL-backed application its own database.
 
-The library is the product; ``dbkit.cli`` is a thin skin over it. Heavy imports
-(psycopg, yoyo) stay inside the functions that need them so ``dbkit --help`` is fast.
+The library is the product; ``dbkit.cli`` is a thin skin over it. Heavy imports (psycopg,
+yoyo) stay inside the functions that need them so ``dbkit --help`` is fast. Where each thing
+lives: docs/architecture.md (settings, db, pg, admin, server, provision, setup, doctor, and the
+migrate/, lint/, seed/, testdb/ families).
 """
 
 __version__ = "0.1.0"

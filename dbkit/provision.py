@@ -269,7 +269,7 @@ def create(target: Target, admin: DbURL, *, dry_run: bool = False, password: str
     def open_target(db: str) -> psycopg.Connection[Any]:
         return connect(admin.with_(dbname=db), settings)
 
-    # Plan and apply under one lock: two setups at once would both plan CREATE ROLE.
+    # Plan and apply under one lock: two setups at once would both plan to create the role.
     serial = (contextlib.nullcontext() if dry_run
               else pg.serialised(admin, settings, pg.PROVISIONING, "create"))
     with serial, connect(admin, settings, autocommit=True) as conn:
@@ -325,7 +325,7 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
     existed: list[str] = []
     with connect(admin, settings, autocommit=True) as conn:
         check_admin(conn)
-        for r in roles:  # check first: DROP DATABASE cannot be undone if DROP ROLE then fails
+        for r in roles:  # check first: a dropped database cannot come back if the role then fails
             _check_droppable(conn, r, db)
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
             existed.append(f"database {db}")
@@ -353,7 +353,7 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
 
 def _check_droppable(conn: psycopg.Connection[Any], role: str, db: str) -> None:
     """Refuse before changing anything when the role owns or is granted things outside
-    ``db`` (DROP ROLE would fail after the database is already gone)."""
+    ``db`` (dropping the role would fail after the database is already gone)."""
     elsewhere = conn.execute(
         "SELECT CASE WHEN s.classid = 'pg_database'::regclass THEN 'database '"
         "   || (SELECT datname FROM pg_database WHERE oid = s.objid)"

@@ -1,7 +1,8 @@
 """The migration lock: one ``dbkit migrate``/``rollback`` per database at a time.
 
-Held as ``pg_advisory_xact_lock`` inside a transaction that stays open on a dedicated
-connection for the whole run. PostgreSQL releases it when that transaction or connection ends,
+Held as a transaction-level advisory lock (``dbkit.pg.MIGRATIONS``) inside a transaction that
+stays open on a dedicated connection for the whole run. PostgreSQL releases it when that
+transaction or connection ends,
 so a SIGKILLed process never leaves a lock behind; and because it is transaction-scoped, it
 works behind PgBouncer in transaction pooling mode (the open transaction pins the server
 connection), unlike a session advisory lock.
@@ -10,8 +11,8 @@ In the same transaction dbkit inserts yoyo's lock row and never commits it: a ``
 started meanwhile waits for dbkit instead of racing it, and the row vanishes with the
 transaction. A *committed* row left by a yoyo process is reported, never removed silently.
 
-Waiters poll with ``pg_try_advisory_xact_lock`` between short transactions instead of blocking
-in ``pg_advisory_xact_lock``: a backend blocked inside a statement holds a snapshot, and
+Waiters poll with ``dbkit.pg.try_xact_lock`` between short transactions instead of blocking in
+the waiting form: a backend blocked inside a statement holds a snapshot, and
 ``CREATE INDEX CONCURRENTLY`` (a non-transactional migration of the holder) waits for every
 older snapshot in the database. The holder would wait for its waiters while they wait for it,
 a deadlock PostgreSQL cannot detect (it runs through the client) that lasted until every
