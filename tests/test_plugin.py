@@ -82,10 +82,13 @@ def test_a_failing_run_leaves_no_database(project, pg):
 
 def start_hanging(project: Path, pg: DbURL) -> tuple[subprocess.Popen, str]:
     flag = project / "hanging"
+    # Ctrl-C must reach it as Ctrl-C even when this suite was started in the background, where
+    # the shell leaves SIGINT ignored and children inherit that.
     proc = subprocess.Popen(pytest_cmd("-k", "hangs"), cwd=project,
                             env=env_for(pg, DBKIT_SAMPLE_HANG=str(flag)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not flag.exists() or not flag.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
