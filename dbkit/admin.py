@@ -28,6 +28,12 @@ def resolve(settings: Settings, *, start_local: bool = True) -> DbURL:
         return start_project_server(settings)
     configured = configured_url(settings)
     if configured is not None:
+        if settings.admin_url is None:  # libpq's variables: say which, if nothing answers there
+            try:
+                connect(configured, settings, autocommit=True).close()
+            except ConnectError as exc:
+                raise ConnectError(f"{exc.message} (the admin server named by "
+                                   f"{configured_by(settings)})", hint=exc.hint) from None
         return configured
     if project_server(settings).initialized():
         # This project already has its own server: keep using it rather than switching to
@@ -41,10 +47,15 @@ def resolve(settings: Settings, *, start_local: bool = True) -> DbURL:
         low = exc.message.lower()
         nothing_there = ("refused" in low or "no such file" in low or "timeout" in low
                          or "could not translate" in low)
-        if not nothing_there or not start_local:
+        if not start_local:
             raise ConnectError(f"a server answers at the libpq defaults but: {exc.message}",
                                hint="set DBKIT_ADMIN_URL, or pass --local for dbkit's own "
                                "server") from None
+        if not nothing_there:
+            # A system PostgreSQL that will not let this user in (peer authentication, no
+            # role for them) is not ours to use: dbkit's own server is the main job's way.
+            log.warning("the PostgreSQL at libpq's defaults refused the login (%s); using "
+                        "dbkit's own server in %s instead", exc.message, settings.data_dir)
     return start_project_server(settings)
 
 
@@ -54,10 +65,21 @@ def configured_url(settings: Settings) -> DbURL | None:
         return settings.admin_url.with_(dbname=settings.admin_url.dbname or "postgres")
     if settings.pg_env:
         env = settings.pg_env
+        params = tuple((key, env[var]) for var, key in (
+            ("PGHOSTADDR", "hostaddr"), ("PGSERVICE", "service"), ("PGPASSFILE", "passfile"),
+            ("PGSERVICEFILE", "servicefile")) if env.get(var))
         return DbURL(user=env.get("PGUSER"), password=env.get("PGPASSWORD"),
                      host=env.get("PGHOST"), port=int(env["PGPORT"]) if env.get("PGPORT") else None,
-                     dbname=env.get("PGDATABASE", "postgres"))
+                     dbname=env.get("PGDATABASE", "postgres"), params=params)
     return None
+
+
+def configured_by(settings: Settings) -> str:
+    """Which setting named the admin server, for an error that says where to look."""
+    if settings.admin_url is not None:
+        return "DBKIT_ADMIN_URL"
+    return ", ".join(f"{k}={settings.pg_env[k]}" if k != "PGPASSWORD" else k
+                     for k in sorted(settings.pg_env))
 
 
 def wait_target(settings: Settings) -> DbURL:

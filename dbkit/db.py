@@ -64,6 +64,13 @@ _BAD_OPTION_VALUE = re.compile(r"invalid [a-z_]+ value")
 
 def connect_error(exc: Exception, url: DbURL) -> ConnectError:
     """Why a login failed, in words that say what to fix."""
+    import getpass
+
+    if url.user is None:  # libpq logs in as the OS user: name that one, not "None"
+        try:
+            url = url.with_(user=getpass.getuser())
+        except (KeyError, OSError):
+            pass
     text = first_line(exc)
     low = str(exc).lower()
     if "no password supplied" in low or (url.password is None and "password auth" in low):

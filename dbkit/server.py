@@ -181,14 +181,14 @@ class LocalServer:
                 hint="run dbkit as a normal user, or create the user: useradd -r postgres",
             ) from None
 
-    def _run(self, args: list[str], check: bool = True, timeout: float = 120
-             ) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: list[str], check: bool = True, timeout: float = 120,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         user = self._run_as()
         try:
             proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
                                   user=user.pw_uid if user else None,
                                   group=user.pw_gid if user else None,
-                                  extra_groups=[] if user else None, cwd="/")
+                                  extra_groups=[] if user else None, cwd=cwd or "/")
         except subprocess.TimeoutExpired:
             raise ServerError(f"{Path(args[0]).name} did not finish in {timeout:.0f}s") from None
         if check and proc.returncode != 0:
@@ -259,7 +259,7 @@ class LocalServer:
 
     def _write_conf(self, port: int, sockdir: Path) -> None:
         lines = [f"port = {port}", "listen_addresses = '127.0.0.1'",
-                 f"unix_socket_directories = '{sockdir}'", "max_connections = 200",
+                 f"unix_socket_directories = {conf_quote(str(sockdir))}", "max_connections = 200",
                  "password_encryption = 'scram-sha-256'"]
         if self.fast:
             lines += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
@@ -348,9 +348,8 @@ class LocalServer:
         # holding shared memory and the socket lock file: retry for a few seconds.
         deadline = time.monotonic() + 10
         while True:
-            proc = self._run([str(self.bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-l",
-                              str(self.log_file), "-w", "-t", str(int(timeout)), "start"],
-                             check=False, timeout=timeout + 10)
+            proc = self._pg_ctl(["-l", self.log_file.relative_to(self.data_dir), "-w", "-t",
+                                 str(int(timeout)), "start"], check=False, timeout=timeout + 10)
             if proc.returncode == 0:
                 break
             log = self._log_tail()
@@ -361,6 +360,13 @@ class LocalServer:
                               hint=f"see {self.log_file}")
         self._save_state(port=port, socket_dir=str(sockdir))
         return True
+
+    def _pg_ctl(self, args: list[str | Path], check: bool = True, timeout: float = 120
+                ) -> subprocess.CompletedProcess[str]:
+        """pg_ctl with the data directory and log relative to ``data_dir``: pg_ctl pastes them
+        into a shell command in double quotes, which a project path holding ``"`` would break."""
+        return self._run([str(self.bin_dir() / "pg_ctl"), "-D", "pgdata", *map(str, args)],
+                         check=check, timeout=timeout, cwd=self.data_dir)
 
     def _log_tail(self) -> str:
         try:
@@ -378,8 +384,7 @@ class LocalServer:
             return self.running() and self._stop(mode)
 
     def _stop(self, mode: str | None) -> bool:
-        self._run([str(self.bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m",
-                   mode or ("immediate" if self.fast else "fast"), "stop"])
+        self._pg_ctl(["-w", "-m", mode or ("immediate" if self.fast else "fast"), "stop"])
         return True
 
     def kill(self) -> None:
@@ -420,6 +425,12 @@ class LocalServer:
                 "running": self.running(), "pid": self.pid(), "port": st.get("port"),
                 "socket_dir": st.get("socket_dir"), "major": st.get("major"),
                 "bin": st.get("bin")}
+
+
+def conf_quote(value: str) -> str:
+    """A string value in postgresql.conf: single-quoted, quotes and backslashes doubled (a
+    project directory named it's must not break the file)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -62,6 +62,11 @@ VARIABLES: tuple[Variable, ...] = (
              "how long to wait for a connection"),
 )
 
+# libpq's variables that say where and as whom to connect: any of them means "an admin server
+# is configured". Others (PGDATA, PGBIN, PGSSLMODE, PGAPPNAME...) steer nothing of dbkit's.
+CONNECTION_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD",
+                        "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE")
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
 _MAX_MS = 2_147_483_647  # PostgreSQL's limit for lock_timeout and statement_timeout (~24 days)
@@ -98,8 +103,8 @@ class Settings:
     connect_timeout_ms: int = 5000
     env_file: Path = field(default_factory=lambda: Path.cwd() / ".env")
     cwd: Path = field(default_factory=Path.cwd)
-    # libpq's PG* variables (from the environment or .env), so "is a server configured?"
-    # can be answered without anyone else reading os.environ.
+    # libpq's connection variables (from the environment or .env), so "is a server
+    # configured?" can be answered without anyone else reading os.environ.
     pg_env: Mapping[str, str] = field(default_factory=dict)
     local: bool = False
     debug: bool = False
@@ -133,8 +138,8 @@ class Settings:
                 raw[var.key] = (in_file[var.name], f"{var.name} (in {path.name})")
             else:
                 raw[var.key] = (var.default, var.name) if var.default is not None else None
-        pg_env = {k: v for k, v in in_file.items() if k.startswith("PG") and v}
-        pg_env.update({k: v for k, v in environ.items() if k.startswith("PG") and v})
+        pg_env = {k: v for k, v in in_file.items() if k in CONNECTION_VARIABLES and v}
+        pg_env.update({k: v for k, v in environ.items() if k in CONNECTION_VARIABLES and v})
         _check_pg_env(pg_env)
         return cls(**_parse(raw, cwd), env_file=path, cwd=cwd, pg_env=pg_env,
                    local=bool(given.get("local")), debug=bool(given.get("debug")),

@@ -155,3 +155,37 @@ def test_env_example_copied_to_env_gives_a_working_setup(project):
     assert url.port == LocalServer(project / ".dbkit").state()["port"]
     assert counts(url) == "5,10,24"
     assert (project / ".env").read_text().count("# DBKIT_") >= 5  # the comments are kept
+
+
+def test_pgdata_and_pgbin_do_not_count_as_a_configured_server(project):
+    """Variables many PostgreSQL users carry that say nothing about where to connect: with only
+    those set, setup still uses (and starts) dbkit's own server."""
+    r = dbkit(project, "setup", "--no-seed", PGDATA="/var/lib/postgresql/15/main",
+              PGBIN="/usr/lib/postgresql/15/bin", PGAPPNAME="mine")
+    assert r.returncode == 0, r.stderr
+    assert LocalServer(project / ".dbkit").running()
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+    assert url.port == LocalServer(project / ".dbkit").state()["port"]
+
+
+def test_a_project_directory_with_quotes_in_its_name(project):
+    odd = project / "it's \"x\""
+    odd.mkdir()
+    os.chmod(odd, 0o755)
+    try:
+        r = dbkit(odd, "setup", "--no-seed")
+        assert r.returncode == 0, r.stderr
+        assert counts(DbURL.parse(read_env_file(odd / ".env")["DATABASE_URL"])) == "0,0,0"
+    finally:
+        LocalServer(odd / ".dbkit").destroy()
+
+
+def test_a_connection_variable_that_reaches_nothing_is_named(project):
+    from dbkit.server import free_port
+
+    port = free_port()
+    r = dbkit(project, "create", PGHOST="127.0.0.1", PGPORT=str(port),
+              DATABASE_URL="postgresql://a@127.0.0.1/b")
+    assert r.returncode == 4 and r.stderr.count("\n") == 1, r.stderr
+    assert f"PGPORT={port}" in r.stderr and "PGHOST=127.0.0.1" in r.stderr
+    assert not (project / ".dbkit").exists()  # it did not fall back to a server of its own
