@@ -314,9 +314,8 @@ def _written_beside(settings: Settings, url: DbURL) -> str | None:
 def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = False) -> Result:
     """Drop the database, then its role(s). Missing objects are fine (idempotent)."""
     settings = target.settings
-    if settings.production:
-        raise Refused("dbkit drop is refused when DBKIT_ENV=production",
-                      hint="drop a production database by hand, deliberately")
+    settings.refuse_in_production("dbkit drop", override=None,
+                                  hint="drop a production database by hand, deliberately")
     url = target.url
     db, role = check_name(url.dbname, "database"), check_name(url.user, "role")
     roles = [r for r in (settings.app_role, role) if r]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from dbkit import envfile
-from dbkit.errors import ConfigError
+from dbkit.errors import ConfigError, Refused
 from dbkit.urls import DbURL
 
 Env = Literal["development", "test", "production"]
@@ -157,6 +157,16 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    def refuse_in_production(self, what: str, *, allowed: bool = False,
+                             override: str | None = "--allow-production",
+                             hint: str | None = None) -> None:
+        """The production guard, one for every command that destroys or fakes data: Refused
+        (exit 16) when DBKIT_ENV=production, unless ``allowed`` by its explicit override."""
+        if self.production and not allowed:
+            raise Refused(f"{what} is refused in production (DBKIT_ENV=production)",
+                          hint=hint or (f"if you really mean it, pass {override}" if override
+                                        else "do it by hand, deliberately, if ever"))
 
     @property
     def connect_timeout_s(self) -> int:

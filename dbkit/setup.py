@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dbkit import envfile, pg, provision
 from dbkit.admin import maintenance, project_server
 from dbkit.db import connect, translate
-from dbkit.errors import Conflict, DbkitError, PermissionDenied, Refused
+from dbkit.errors import Conflict, DbkitError, PermissionDenied
 from dbkit.migrate import commands as migrations
 from dbkit.seed import commands as seeding
 from dbkit.settings import Target
@@ -101,9 +101,11 @@ def reset(settings: Settings, admin: DbURL, *, seed: bool = True, env: str | Non
 
 def refuse_reset_in_production(settings: Settings, env: str | None = None) -> None:
     """The production guard of ``reset``: DBKIT_ENV=production, or ``env`` saying so."""
-    if settings.production or env == "production":
-        raise Refused("dbkit reset is refused in production (DBKIT_ENV=production)",
-                      hint="reset drops the database: do it by hand, deliberately, if ever")
+    if env == "production":
+        settings = dataclasses.replace(settings, env="production")
+    settings.refuse_in_production(
+        "dbkit reset", override=None,
+        hint="reset drops the database: do it by hand, deliberately, if ever")
 
 
 def default_url(admin: DbURL) -> DbURL:
@@ -160,7 +162,10 @@ def fill(target: Target, *, seed: bool = True) -> list[dict[str, Any]]:
         "step": "migrate", "changed": bool(applied.applied),
         "detail": f"applied {len(applied.applied)} migration(s)" if applied.applied
         else "schema up to date"}]
-    if seed:
+    if seed and target.settings.production:
+        steps.append({"step": "seed", "changed": False,
+                      "detail": "skipped: no demo data in production"})
+    elif seed:
         seeded = seeding.seed_sample(target)
         rows = sum(seeded.inserted.values())
         steps.append({"step": "seed", "changed": rows > 0,

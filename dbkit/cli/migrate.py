@@ -90,13 +90,19 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
               help="Roll back every migration after ID (ID stays applied).")
 @click.option("--all", "all_", is_flag=True, help="Roll back every applied migration.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option("--yes", is_flag=True, help="Confirm (needed when DBKIT_ENV=production).")
+@click.option("--allow-production", is_flag=True,
+              help="Do it even though DBKIT_ENV=production (refused there otherwise).")
 @_timeout_options
 @_migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool,
-             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
-             as_json: bool) -> None:
-    """Roll back applied migrations, newest first, with their .rollback.sql files."""
+def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool, yes: bool,
+             allow_production: bool, lock_timeout: str | None, statement_timeout: str | None,
+             migrations: str | None, as_json: bool) -> None:
+    """Roll back applied migrations, newest first, with their .rollback.sql files.
+
+    When DBKIT_ENV=production: refused without --yes, and --all (which drops every table) also
+    needs --allow-production. --dry-run is always allowed."""
     from dbkit.errors import ConfigError
     from dbkit.migrate import commands as m
 
@@ -104,7 +110,8 @@ def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool,
         raise ConfigError("--steps cannot be combined with --to or --all")
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
-    result = m.rollback(s.target(), steps=steps or 1, to=to, all=all_, dry_run=dry_run)
+    result = m.rollback(s.target(), steps=steps or 1, to=to, all=all_, dry_run=dry_run,
+                        confirmed=yes, allow_production=allow_production)
     _warn(result.warnings)
     if dry_run:
         emit(result.as_dict(), as_json, _render_plan(result, "roll back"))

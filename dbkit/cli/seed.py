@@ -29,10 +29,16 @@ if TYPE_CHECKING:
               help="Load CSV/JSON/JSONL files: a directory holding users/posts/votes files, or "
               "files named after their table (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Do all the work, report it, then roll it back.")
+@click.option("--allow-production", is_flag=True,
+              help="Do it even though DBKIT_ENV=production (refused there otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def seed(users: int | None, posts: int | None, votes: int | None, seed_value: int | None,
-         append: bool, sources: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+         append: bool, sources: tuple[Path, ...], dry_run: bool, allow_production: bool,
+         as_json: bool) -> None:
     """Load data as the DATABASE_URL role, in one transaction.
+
+    When DBKIT_ENV=production the sample and synthetic data are refused (--allow-production
+    to insist); files given with --from load as anywhere else.
 
     \b
     dbkit seed                                  the sample data shipped with dbkit (idempotent)
@@ -55,7 +61,8 @@ def seed(users: int | None, posts: int | None, votes: int | None, seed_value: in
         lib.check_counts(u, p, v)
         with _bar(u + p + v) as tick:
             result = lib.seed_synthetic(target, u, p, v, seed_value or 0, append=append,
-                                        progress=tick, dry_run=dry_run)
+                                        progress=tick, dry_run=dry_run,
+                                        allow_production=allow_production)
     elif sources:
         from dbkit.seed.files import discover, estimate_rows
 
@@ -63,7 +70,7 @@ def seed(users: int | None, posts: int | None, votes: int | None, seed_value: in
         with _bar(estimate_rows(found)) as tick:
             result = lib.seed_files(target, list(sources), progress=tick, dry_run=dry_run)
     else:
-        result = lib.seed_sample(target, dry_run=dry_run)
+        result = lib.seed_sample(target, dry_run=dry_run, allow_production=allow_production)
     emit(result.as_dict(), as_json, render(result))
 
 

@@ -21,8 +21,11 @@ def testdb() -> None:
 @click.option("--reveal", is_flag=True,
               help="Print URLs with the test role's password (for handing to test runners).")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
+@click.option("--allow-production", is_flag=True,
+              help="Do it even though DBKIT_ENV=production (refused there otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def create(count: int, prefix: str, seed: bool, reveal: bool, local: bool, as_json: bool) -> None:
+def create(count: int, prefix: str, seed: bool, reveal: bool, local: bool,
+           allow_production: bool, as_json: bool) -> None:
     """Create COUNT fresh databases at the latest schema (existing ones are replaced).
 
     The template is rebuilt first when the migration files changed."""
@@ -30,7 +33,9 @@ def create(count: int, prefix: str, seed: bool, reveal: bool, local: bool, as_js
     from dbkit.testdb import commands as lib
 
     s = settings(local=local)
-    result = lib.create(s, admin.resolve(s), count=count, prefix=prefix, seed=seed, reveal=reveal)
+    s.refuse_in_production("dbkit testdb create", allowed=allow_production)  # before any server
+    result = lib.create(s, admin.resolve(s), count=count, prefix=prefix, seed=seed, reveal=reveal,
+                        allow_production=allow_production)
     state = "built" if result.template_built else "up to date"
     lines = [f"template {result.template} ({state})"]
     lines += [f"created  {url}" for url in result.urls]
@@ -44,13 +49,17 @@ def create(count: int, prefix: str, seed: bool, reveal: bool, local: bool, as_js
 @click.option("--all", "everything", is_flag=True,
               help="Also drop the templates and leftovers of killed test runs.")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
+@click.option("--allow-production", is_flag=True,
+              help="Do it even though DBKIT_ENV=production (refused there otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def drop(prefix: str, everything: bool, local: bool, as_json: bool) -> None:
+def drop(prefix: str, everything: bool, local: bool, allow_production: bool, as_json: bool) -> None:
     """Drop test databases (only those owned by dbkit's test role)."""
     from dbkit import admin
     from dbkit.testdb import commands as lib
 
     s = settings(local=local)
-    result = lib.drop(s, admin.resolve(s), prefix=prefix, everything=everything)
+    s.refuse_in_production("dbkit testdb drop", allowed=allow_production)  # before any server
+    result = lib.drop(s, admin.resolve(s), prefix=prefix, everything=everything,
+                      allow_production=allow_production)
     text = "\n".join(f"dropped {d}" for d in result.dropped) or "nothing to drop"
     emit(result.as_dict(), as_json, text)

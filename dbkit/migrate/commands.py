@@ -301,14 +301,24 @@ def _warnings(files: list[MigrationFile], state: State, refuse_renames: bool) ->
 
 
 def rollback(target: Target, *, steps: int = 1, to: str | None = None, all: bool = False,
-             dry_run: bool = False) -> RollbackResult:
+             dry_run: bool = False, confirmed: bool = False, allow_production: bool = False
+             ) -> RollbackResult:
     """Roll back the last ``steps`` applied migrations, or every one after ``to`` (which stays
-    applied), or ``all`` of them; newest first, each with its ``.rollback.sql``."""
+    applied), or ``all`` of them; newest first, each with its ``.rollback.sql``.
+
+    In production a rollback must be ``confirmed`` (``--yes``), and ``all`` (which drops every
+    table) needs ``allow_production`` as well; a dry run is always allowed."""
     if to is not None and all:
         raise ConfigError("give only one of --to and --all")
     if steps < 1:
         raise ConfigError("--steps must be at least 1")
     settings, url = target.settings, target.migrate_url
+    if not dry_run:
+        if all:
+            settings.refuse_in_production("dbkit rollback --all (it drops every table)",
+                                          allowed=allow_production)
+        settings.refuse_in_production("dbkit rollback without --yes", allowed=confirmed,
+                                      override="--yes")
     directory, files = _prologue(target, to)
     result = RollbackResult(database=str(url), directory=str(directory), dry_run=dry_run)
     if dry_run:

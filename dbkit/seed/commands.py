@@ -84,9 +84,12 @@ class SeedResult:
 
 
 # -- entry points -------------------------------------------------------------------------
-def seed_sample(target: Target, progress: Progress | None = None, *, dry_run: bool = False
-                ) -> SeedResult:
-    """Load the shipped sample data; rows already present (by natural key) are skipped."""
+def seed_sample(target: Target, progress: Progress | None = None, *, dry_run: bool = False,
+                allow_production: bool = False) -> SeedResult:
+    """Load the shipped sample data; rows already present (by natural key) are skipped.
+    Demo users have no place in production: refused there unless ``allow_production``."""
+    if not dry_run:
+        target.settings.refuse_in_production("seeding the demo data", allowed=allow_production)
     return _load(target, "sample", [SAMPLE], progress, dry_run, shown=["dbkit sample data"])
 
 
@@ -110,9 +113,12 @@ def _load(target: Target, mode: str, paths: list[Path], progress: Progress | Non
 
 def seed_synthetic(target: Target, users: int, posts: int, votes: int, seed: int = 0, *,
                    append: bool = False, defer: bool = True, progress: Progress | None = None,
-                   dry_run: bool = False) -> SeedResult:
-    """Generate and COPY synthetic rows (see the module docstring for the rules)."""
+                   dry_run: bool = False, allow_production: bool = False) -> SeedResult:
+    """Generate and COPY synthetic rows (see the module docstring for the rules); refused in
+    production unless ``allow_production``."""
     check_counts(users, posts, votes)
+    if not dry_run:
+        target.settings.refuse_in_production("seeding synthetic data", allowed=allow_production)
     db, role = target.dbname, target.role
     started = time.perf_counter()
     with session(target, dry_run) as conn:

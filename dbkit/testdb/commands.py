@@ -53,8 +53,11 @@ class CreateResult:
 
 
 def create(settings: Settings, admin: DbURL, *, count: int = 1, prefix: str = CLI_PREFIX,
-           seed: bool = False, reveal: bool = False) -> CreateResult:
-    """N fresh databases PREFIX1..PREFIXN at the latest schema (existing ones are replaced)."""
+           seed: bool = False, reveal: bool = False, allow_production: bool = False
+           ) -> CreateResult:
+    """N fresh databases PREFIX1..PREFIXN at the latest schema (existing ones are replaced).
+    Refused in production unless ``allow_production``: test databases belong on test servers."""
+    settings.refuse_in_production("dbkit testdb create", allowed=allow_production)
     check_prefix(prefix)
     if count < 1:
         raise ConfigError("--count must be at least 1")
@@ -95,12 +98,13 @@ class DropResult:
         return dataclasses.asdict(self)
 
 
-def drop(settings: Settings, admin: DbURL, *, prefix: str = CLI_PREFIX, everything: bool = False
-         ) -> DropResult:
+def drop(settings: Settings, admin: DbURL, *, prefix: str = CLI_PREFIX, everything: bool = False,
+         allow_production: bool = False) -> DropResult:
     """Drop the test databases named PREFIX… (only those owned by the test role).
 
     ``everything`` also drops the templates, interrupted builds and the plugin's clones whose
     process is gone (clones of a live pytest run are left alone)."""
+    settings.refuse_in_production("dbkit testdb drop", allowed=allow_production)
     check_prefix(prefix)
     dropped: list[str] = []
     with _admin_session(admin, settings) as conn:

@@ -217,7 +217,8 @@ def _build(conn: psycopg.Connection[Any], admin: DbURL, settings: Settings, name
         as_owner = Target.of(owner_url(admin, build, owner), settings)
         migrate(as_owner)
         if seed:
-            seeding.seed_sample(as_owner)
+            # a template is a test database whatever DBKIT_ENV says: its demo data is the point
+            seeding.seed_sample(as_owner, allow_production=True)
         pg.wait_sessions_gone(conn, build, timeout_s=10)
         # Template first, name last: a database under the final name is always complete.
         conn.execute(pg.make_template_sql(build))
