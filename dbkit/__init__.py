@@ -7,3 +7,7 @@ migrate/, lint/, seed/, testdb/ families).
 """
 
 __version__ = "0.1.0"
+
+# A log level between INFO and WARNING for what the user should hear without -v but is not
+# a problem (dbkit started a server that outlives the command). The CLI prints it plainly.
+NOTICE = 25

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from dbkit import NOTICE
 from dbkit.db import connect
-from dbkit.errors import ConnectError, DbkitError
+from dbkit.errors import ConfigError, ConnectError, DbkitError
 from dbkit.server import LocalServer
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
-    from dbkit.settings import Settings
+    from dbkit.settings import Settings, Target
 
 log = logging.getLogger("dbkit")
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def resolve(settings: Settings, *, start_local: bool = True) -> DbURL:
@@ -119,5 +122,39 @@ def project_server(settings: Settings) -> LocalServer:
 def start_project_server(settings: Settings) -> DbURL:
     server = project_server(settings)
     if server.start():
-        log.info("started dbkit's local PostgreSQL in %s", settings.data_dir)
+        # Said at the default level: the server outlives the command, and the user should
+        # know there is one to stop.
+        log.log(NOTICE, "started dbkit's own PostgreSQL in %s on port %s; it keeps running "
+                "until 'dbkit server stop'", settings.data_dir, server.state().get("port"))
     return server.admin_url()
+
+
+def server_of(url: DbURL, settings: Settings) -> tuple[str, int]:
+    """Where ``url`` connects, as (host, port), libpq's defaults filled in from PG* variables;
+    every local way in (socket directory, localhost, loopback) counts as one host, "local"."""
+    host = url.host or settings.pg_env.get("PGHOST") or "local"
+    if host.startswith("/") or host in LOCAL_HOSTS:
+        host = "local"
+    port = url.port or int(settings.pg_env.get("PGPORT") or 5432)
+    return host.lower(), port
+
+
+def check_same_server(target: Target, admin: DbURL) -> None:
+    """Provisioning acts on the admin's server: refuse when the application's URL names
+    another one, or create and drop would quietly act somewhere the user did not mean.
+    DBKIT_MIGRATE_URL, when set, is the direct way to the server behind a pooler."""
+    where = server_of(target.migrate_url, target.settings)
+    admin_at = server_of(admin, target.settings)
+    if where == admin_at:
+        return
+    named = "DBKIT_MIGRATE_URL" if target.migrate_url != target.url else "DATABASE_URL"
+    raise ConfigError(
+        f"{named} names the server at {_shown(where)}, but the admin connection is to "
+        f"{_shown(admin_at)}; nothing was changed",
+        hint="point DBKIT_ADMIN_URL at the server of DATABASE_URL (if DATABASE_URL goes "
+        "through a pooler, set DBKIT_MIGRATE_URL to the direct URL)")
+
+
+def _shown(server: tuple[str, int]) -> str:
+    host, port = server
+    return f"{'localhost' if host == 'local' else host}:{port}"

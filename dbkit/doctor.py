@@ -247,36 +247,145 @@ def _check_admin_role(ctx: _Ctx) -> Check:
     return Check("admin-role", PASS, f"{name} has CREATEROLE and CREATEDB")
 
 
-def _check_app_role(ctx: _Ctx) -> Check:
+def _check_owner_role(ctx: _Ctx) -> Check:
+    """The URL's role (and the app role): plain login roles, no way to a superuser."""
+    from psycopg import sql
+
+    from dbkit.pg import dangerous_memberships, revoke_membership_sql
+
     conn = ctx.admin or ctx.app
     assert conn is not None
     names = [r for r in (ctx.url.user, ctx.settings.app_role) if r]
     problems: list[str] = []
     fails = False
+    hint = ""
     for name in names:
         row = conn.execute(
             "SELECT rolsuper, rolcanlogin, rolconnlimit, rolvaliduntil < now(), rolcreaterole,"
-            " rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            " rolcreatedb, rolbypassrls, rolreplication FROM pg_roles WHERE rolname = %s",
+            (name,)).fetchone()
         if row is None:
             problems.append(f"role {name} does not exist")
             fails = True
+            hint = hint or "run dbkit setup (or dbkit create)"
             continue
-        sup, login, limit, expired, createrole, createdb, bypass = row
+        ident = sql.Identifier(name).as_string(conn)
+        sup, login, limit, expired, createrole, createdb, bypass, replication = row
         for bad, text in ((sup, "is a superuser"), (not login, "cannot log in (NOLOGIN)"),
                           (limit == 0, "has CONNECTION LIMIT 0"), (expired, "password expired")):
             if bad:
                 problems.append(f"{name} {text}")
                 fails = True
-        extra = [p for p, on in (("CREATEROLE", createrole), ("CREATEDB", createdb),
-                                 ("BYPASSRLS", bypass)) if on]
+        if sup:
+            hint = f"as a superuser: ALTER ROLE {ident} NOSUPERUSER; then dbkit create"
+        for m in dangerous_memberships(conn, name):
+            problems.append(f"{name} is a member of {m.granted} (reaches {m.reaches})")
+            fails = True
+            hint = hint or (f"dbkit create revokes it (a superuser admin can always: "
+                            f"{revoke_membership_sql(m.granted, name).as_string(conn)})")
+        stuck = [p for p, on in (("BYPASSRLS", bypass), ("REPLICATION", replication)) if on]
+        extra = [p for p, on in (("CREATEROLE", createrole), ("CREATEDB", createdb)) if on]
+        if stuck:
+            problems.append(f"{name} has {', '.join(stuck)} (bypasses row security / can "
+                            "stream the whole cluster)")
+            fails = True
+            hint = hint or (f"as a superuser: ALTER ROLE {ident} "
+                            f"{' '.join('NO' + p for p in stuck)}")
         if extra:
             problems.append(f"{name} has {', '.join(extra)} (not needed by an application)")
+        if not login or extra:
+            hint = hint or "run dbkit create: it converges the role's attributes"
     if not problems:
-        return Check("app-role", PASS, f"{', '.join(names)}: exists, can log in, not a superuser")
-    supers = [p.split()[0] for p in problems if p.endswith("is a superuser")]
-    hint = (f"as a superuser: ALTER ROLE {supers[0]} NOSUPERUSER; then dbkit create converges "
-            "the rest" if supers else "run dbkit create to converge the role's attributes")
-    return Check("app-role", FAIL if fails else WARN, "; ".join(problems), hint)
+        return Check("owner-role", PASS, f"{', '.join(names)}: exists, can log in, no path to "
+                     "a superuser or the server's files")
+    return Check("owner-role", FAIL if fails else WARN, "; ".join(problems), hint)
+
+
+def _check_bookkeeping(ctx: _Ctx) -> Check:
+    """Only the owner may touch the migration bookkeeping: any other role could un-record a
+    migration or wipe the history."""
+    from dbkit.migrate.bookkeeping import exposed
+
+    assert ctx.app is not None
+    found = exposed(ctx.app)
+    if found:
+        shown = "; ".join(f"{e.grantee} may {e.privileges} on {e.relation}" for e in found[:3])
+        return Check("bookkeeping", FAIL, f"the migration bookkeeping is open to other roles: "
+                     f"{shown}", "run dbkit create: it revokes them")
+    return Check("bookkeeping", PASS, "the migration bookkeeping is the owner's alone")
+
+
+def _check_app_role(ctx: _Ctx) -> Check:
+    """Two-role mode: log in as the app role from DBKIT_APP_URL and try what it must and must
+    not do, in a transaction that is rolled back."""
+    app_role = ctx.settings.app_role
+    if not app_role:
+        return Check("app-role", SKIP, "single-role mode (DBKIT_APP_ROLE is not set)")
+    app_url = ctx.settings.app_url
+    if app_url is None or app_url.user != app_role:
+        return Check("app-role", FAIL, f"no DBKIT_APP_URL for app role {app_role}",
+                     "run dbkit setup: it writes DBKIT_APP_URL to .env")
+    try:
+        conn = connect(app_url.with_(dbname=app_url.dbname or ctx.url.dbname), ctx.settings)
+    except DbkitError as exc:
+        return Check("app-role", FAIL, f"cannot log in as {app_role}: {exc.message}",
+                     "run dbkit setup --rotate-password (a fresh DBKIT_APP_URL), or dbkit "
+                     "setup if the role is gone")
+    with conn:
+        problems = _probe_app_role(conn)
+        conn.rollback()
+    if problems:
+        return Check("app-role", FAIL, f"{app_role}: " + "; ".join(problems[:3]),
+                     "run dbkit create: it converges the app role's grants")
+    return Check("app-role", PASS, f"{app_role} logs in, reads and writes rows, cannot change "
+                 "the schema or touch the bookkeeping")
+
+
+def _probe_app_role(conn: psycopg.Connection[Any]) -> list[str]:
+    import psycopg
+    from psycopg import sql
+
+    from dbkit.migrate.bookkeeping import ALL_TABLES
+
+    def refused(stmt: sql.Composed) -> bool:
+        try:
+            with conn.transaction():
+                conn.execute(stmt)
+        except psycopg.errors.InsufficientPrivilege:
+            return True
+        except psycopg.Error:  # allowed, and then failed for another reason
+            return False
+        return False
+
+    problems: list[str] = []
+    tables = conn.execute(
+        "SELECT c.relname, (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid"
+        "  AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity <> 'a'"
+        "  AND a.attgenerated = '' ORDER BY a.attnum LIMIT 1)"
+        " FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
+        " AND c.relkind IN ('r', 'p') ORDER BY 1").fetchall()
+    for name, column in tables:
+        t = sql.Identifier("public", name)
+        if name in ALL_TABLES:
+            for verb, stmt in (("read", sql.SQL("SELECT 1 FROM {} LIMIT 0").format(t)),
+                               ("delete from", sql.SQL("DELETE FROM {} WHERE false").format(t))):
+                if not refused(stmt):
+                    problems.append(f"can {verb} the bookkeeping table {name}")
+            continue
+        probes = [("SELECT", sql.SQL("SELECT 1 FROM {} LIMIT 0").format(t)),
+                  ("DELETE", sql.SQL("DELETE FROM {} WHERE false").format(t))]
+        if column is not None:
+            c = sql.Identifier(column)
+            probes += [("UPDATE", sql.SQL("UPDATE {} SET {} = {} WHERE false").format(t, c, c)),
+                       ("INSERT", sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE false"
+                                          ).format(t, c, c, t))]
+        denied = [verb for verb, stmt in probes if refused(stmt)]
+        if denied:
+            problems.append(f"cannot {'/'.join(denied)} on {name}")
+    probe = sql.Identifier("public", "_dbkit_doctor_probe")
+    if not refused(sql.SQL("CREATE TABLE {} ()").format(probe)):
+        problems.append("can create tables in schema public (DDL)")
+    return problems
 
 
 def _check_public_connect(ctx: _Ctx) -> Check:
@@ -379,7 +488,8 @@ def _name(check: Callable[[_Ctx], Check]) -> str:
 
 
 CHECKS: list[Callable[[_Ctx], Check]] = [
-    _check_server, _check_tls, _check_auth, _check_admin_role, _check_app_role, _check_public_connect,
+    _check_server, _check_tls, _check_auth, _check_admin_role, _check_owner_role, _check_app_role,
+    _check_bookkeeping, _check_public_connect,
     _check_pending_migrations, _check_drift, _check_locks, _check_long_transactions, _check_invalid_indexes,
     _check_pooler,
 ]

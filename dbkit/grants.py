@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbkit import pg
 from dbkit.db import row, value
+from dbkit.migrate import bookkeeping
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,8 +34,11 @@ def missing(target: psycopg.Connection[Any] | None, *, database: str, owner: str
         out.append(Grant(handover, "target"))
     if state["public_create"]:
         out.append(Grant(revoke, "target"))
+    # A grant on the bookkeeping, made by hand or by an older dbkit, is taken back.
+    seal = [Grant(stmt, "target") for stmt in bookkeeping.seal_sql(target, "public")] \
+        if target is not None else []
     if not app_role:
-        return out
+        return out + seal
     R, A, D = sql.Identifier(owner), sql.Identifier(app_role), sql.Identifier(database)
     wanted = [
         ("connect", sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(D, A), "admin"),
@@ -51,7 +55,14 @@ def missing(target: psycopg.Connection[Any] | None, *, database: str, owner: str
          "target"),
     ]
     app = state["app"]
-    return out + [Grant(stmt, where) for key, stmt, where in wanted if not app.get(key)]
+    out += [Grant(stmt, where) for key, stmt, where in wanted if not app.get(key)]
+    # GRANT … ON ALL TABLES reaches the bookkeeping too; a hand-made grant may have: both are
+    # taken back in the same transaction.
+    granting_all = any(not app.get(k) for k in ("tables", "sequences"))
+    if target is not None and granting_all:
+        out += [Grant(stmt, "target") for stmt in
+                bookkeeping.revoke_sql(target, app_role, "public")]
+    return out + seal
 
 
 def _state(target: psycopg.Connection[Any], owner: str, app_role: str | None) -> dict[str, Any]:
@@ -68,14 +79,23 @@ def _state(target: psycopg.Connection[Any], owner: str, app_role: str | None) ->
         a, r = app_role, owner
         app["connect"], app["usage"], app["tables"], app["sequences"] = row(
             target,
+            # (has_*_privilege with a list is true when ANY of them is held: ask one by one)
             "SELECT has_database_privilege(%(a)s, current_database(), 'CONNECT'),"
             " has_schema_privilege(%(a)s, 'public', 'USAGE'),"
-            " (SELECT bool_and(has_table_privilege(%(a)s, c.oid, 'SELECT,INSERT,UPDATE,DELETE'))"
+            " (SELECT bool_and(has_table_privilege(%(a)s, c.oid, 'SELECT')"
+            "    AND has_table_privilege(%(a)s, c.oid, 'INSERT')"
+            "    AND has_table_privilege(%(a)s, c.oid, 'UPDATE')"
+            "    AND has_table_privilege(%(a)s, c.oid, 'DELETE'))"
             "  IS NOT FALSE FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-            "  AND c.relkind IN ('r', 'p', 'v')),"
-            " (SELECT bool_and(has_sequence_privilege(%(a)s, c.oid, 'USAGE,SELECT')) IS NOT FALSE"
-            "  FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S')",
-            {"a": a})
+            "  AND c.relkind IN ('r', 'p', 'v') AND c.relname <> ALL(%(bk)s)),"
+            " (SELECT bool_and(has_sequence_privilege(%(a)s, c.oid, 'USAGE')"
+            "    AND has_sequence_privilege(%(a)s, c.oid, 'SELECT')) IS NOT FALSE"
+            "  FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'"
+            "  AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid"
+            "    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+            "    AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')"
+            "    AND t.relname = ANY(%(bk)s)))",
+            {"a": a, "bk": list(bookkeeping.ALL_TABLES)})
         for key, objtype in (("default_tables", "r"), ("default_sequences", "S")):
             app[key] = value(
                 target,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, LiteralString, NamedTuple
 
 from dbkit.db import connect, value
 from dbkit.errors import Conflict
@@ -121,6 +121,10 @@ def lock_holder(conn: psycopg.Connection[Any], key: LockKey) -> tuple[Any, ...] 
 # -- roles ----------------------------------------------------------------------------------
 # What an application's role may do: log in, nothing else cluster-wide.
 PLAIN_ROLE = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+# The keywords role_drift may ask for (a closed set: they are pasted into the statement).
+_ATTRIBUTE_KEYWORDS: dict[str, LiteralString] = {
+    "LOGIN": "LOGIN", "NOCREATEDB": "NOCREATEDB", "NOCREATEROLE": "NOCREATEROLE",
+    "NOREPLICATION": "NOREPLICATION", "NOBYPASSRLS": "NOBYPASSRLS"}
 
 
 def verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
@@ -136,15 +140,19 @@ class Statement(NamedTuple):
 
 
 def role_statement(conn: psycopg.Connection[Any], name: str, *, exists: bool,
-                   attributes: bool = True, password: str | None = None,
+                   attributes: bool | Sequence[str] = True, password: str | None = None,
                    connection_limit: int | None = None) -> Statement:
     """CREATE ROLE (or ALTER ROLE for an existing one) as a plain login role, with the password
-    as a verifier. ``attributes=False`` leaves an existing role's attributes alone."""
+    as a verifier. For an existing role, ``attributes`` is True (assert them all), False (leave
+    them alone) or the keywords to set: PostgreSQL makes a non-superuser admin prove it may
+    change an attribute whenever the statement names it, even to the value it already has."""
     from psycopg import sql
 
     parts: list[sql.Composable] = []
-    if attributes or not exists:
+    if not exists or attributes is True:
         parts.append(sql.SQL(PLAIN_ROLE))
+    elif attributes:
+        parts += [sql.SQL(_ATTRIBUTE_KEYWORDS[a]) for a in attributes]
     if connection_limit is not None:
         parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(connection_limit)))
     shown_parts = list(parts)
@@ -155,6 +163,70 @@ def role_statement(conn: psycopg.Connection[Any], name: str, *, exists: bool,
     stmt = sql.SQL("{} {} {}").format(verb, sql.Identifier(name), sql.SQL(" ").join(parts))
     shown = sql.SQL("{} {} {}").format(verb, sql.Identifier(name), sql.SQL(" ").join(shown_parts))
     return Statement(stmt, shown.as_string(conn))
+
+
+def role_drift(info: dict[str, Any]) -> list[str]:
+    """The keywords that make an existing role (``role_info``) a plain login role again."""
+    return [fix for key, bad, fix in (
+        ("login", False, "LOGIN"), ("createdb", True, "NOCREATEDB"),
+        ("createrole", True, "NOCREATEROLE"), ("replication", True, "NOREPLICATION"),
+        ("bypassrls", True, "NOBYPASSRLS")) if info[key] is bad]
+
+
+# Predefined roles that reach past the application's own database: the server's files and
+# programs, every table of every database, other sessions, the server's own operations.
+SERVER_ACCESS_ROLES = (
+    "pg_execute_server_program", "pg_read_server_files", "pg_write_server_files",
+    "pg_read_all_data", "pg_write_all_data", "pg_signal_backend", "pg_checkpoint",
+    "pg_create_subscription",
+)
+
+
+class Membership(NamedTuple):
+    granted: str  # the role ``member`` belongs to directly
+    grantor: str | None
+    reaches: str  # the superuser or server-access role(s) it leads to, "a, b"
+
+
+def dangerous_memberships(conn: psycopg.Connection[Any], member: str) -> list[Membership]:
+    """Direct memberships of ``member`` that lead (directly or through further memberships)
+    to a superuser role or a server-access role: through them it can SET ROLE to a superuser
+    or act on the server beyond its database."""
+    return [Membership(*r) for r in conn.execute(
+        "WITH RECURSIVE up(start, grantor, roleid) AS ("
+        "  SELECT m.roleid, m.grantor, m.roleid FROM pg_auth_members m"
+        "  WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = %(r)s)"
+        "  UNION SELECT up.start, up.grantor, m.roleid FROM up"
+        "  JOIN pg_auth_members m ON m.member = up.roleid)"
+        " SELECT s.rolname, pg_get_userbyid(up.grantor), string_agg(DISTINCT r.rolname, ', ')"
+        " FROM up JOIN pg_roles s ON s.oid = up.start JOIN pg_roles r ON r.oid = up.roleid"
+        " WHERE r.rolsuper OR r.rolname = ANY(%(danger)s)"
+        " GROUP BY s.rolname, up.grantor ORDER BY 1",
+        {"r": member, "danger": list(SERVER_ACCESS_ROLES)}).fetchall()]
+
+
+def revoke_membership_sql(granted: str, member: str) -> sql.Composed:
+    from psycopg import sql
+
+    return sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(granted), sql.Identifier(member))
+
+
+# A role dbkit made carries this comment (cluster-wide, like the role): drop removes a role
+# only when dbkit made it, for that very database.
+_MADE_BY = "dbkit: {kind} role of database {db}"
+
+
+def mark_role_sql(role: str, kind: str, db: str) -> sql.Composed:
+    from psycopg import sql
+
+    return sql.SQL("COMMENT ON ROLE {} IS {}").format(
+        sql.Identifier(role), sql.Literal(_MADE_BY.format(kind=kind, db=db)))
+
+
+def made_by_dbkit(conn: psycopg.Connection[Any], role: str, kind: str, db: str) -> bool:
+    said = value(conn, "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles"
+                 " WHERE rolname = %s", (role,))
+    return said == _MADE_BY.format(kind=kind, db=db)
 
 
 def drop_role_sql(name: str, *, if_exists: bool = False) -> sql.Composed:

@@ -13,12 +13,12 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbkit import envfile, grants, pg
 from dbkit.admin import maintenance
 from dbkit.db import connect, row, translate
-from dbkit.errors import Conflict, InvalidName, PermissionDenied, Refused
+from dbkit.errors import ConfigError, Conflict, InvalidName, PermissionDenied, Refused
 from dbkit.urls import DbURL
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ class Step:
     where: str = "admin"
     transactional: bool = True
     undo: sql.SQL | sql.Composed | None = None  # how to remove what this step creates
+    # Run after the step: raises when the step did not reach its goal (a REVOKE that leaves
+    # a membership granted by someone else in place), so apply undoes the run.
+    verify: Callable[[psycopg.Connection[Any]], None] | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Plan:
     will_create: list[str] = field(default_factory=list)
     password: str | None = field(default=None, repr=False)  # generated/rotated: goes to .env
     app_password: str | None = field(default=None, repr=False)
+    rotated: list[str] = field(default_factory=list)  # roles whose old password stops working
 
 
 @dataclass
@@ -69,6 +73,9 @@ class Result:
     url: str  # masked
     env_file: str | None = None
     printed_url: str | None = None  # only with --print-url (carries the password)
+    app_url: str | None = None  # masked DBKIT_APP_URL, in two-role mode
+    rotated: list[str] = field(default_factory=list)  # roles given a new password
+    kept: list[str] = field(default_factory=list)  # drop: roles left because dbkit did not make them
     # The URL with the password this run generated (or that the role already had in the URL):
     # for the next steps of setup/reset, never printed.
     login: DbURL | None = field(default=None, repr=False)
@@ -111,19 +118,29 @@ def check_admin(conn: psycopg.Connection[Any]) -> None:
 
 def role_info(conn: psycopg.Connection[Any], role: str) -> dict[str, Any] | None:
     found = conn.execute(
-        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication"
-        " FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication,"
+        " rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if found is None:
         return None
-    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication")
+    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication", "bypassrls")
     return dict(zip(keys, found, strict=True))
+
+
+def check_password(password: str, where: str) -> str:
+    if not password.strip():
+        raise ConfigError(f"the password {where} is blank",
+                          hint="give a real password, or none and dbkit generates one")
+    return password
 
 
 def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarget, *,
                 app_role: str | None = None, password: str | None = None, rotate: bool = False,
-                connection_limit: int | None = None) -> Plan:
+                connection_limit: int | None = None, app_password: str | None = None) -> Plan:
     """Statements that bring the cluster to the goal from its current state.
 
+    ``password`` is one given apart from the URL (standard input); ``url.password`` one the URL
+    already carries; ``app_password`` the app role's known one (DBKIT_APP_URL). A generated,
+    rotated or separately given password is put on the plan, for the caller to write to .env.
     ``open_target(dbname)`` opens an admin connection to the target database, needed only when
     it exists already (to read schema ownership and grants inside it).
     """
@@ -134,6 +151,7 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
         if app_role == role:
             raise InvalidName("the app role must differ from the owner role in DATABASE_URL")
     plan = Plan(database=db, role=role, app_role=app_role)
+    admin = _admin_powers(conn)
 
     def add(stmt: sql.SQL | sql.Composed, shown: str | None = None, **kw: Any) -> None:
         plan.steps.append(Step(stmt, shown or stmt.as_string(conn), **kw))
@@ -146,30 +164,47 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
             raise InvalidName(f"role {name!r} is a superuser; dbkit will not hand it an "
                               "application database", hint="name a dedicated role")
         limit = connection_limit if not is_app else None
+        separate, in_url = (None, app_password) if is_app else (password, url.password)
         new_pw: str | None = None
-        if info is None or rotate:
-            given = password if not is_app else None
-            new_pw = given or secrets.token_urlsafe(24)  # 192 bits
-            if not given:
+        # A rotation always makes a fresh password (unless one is given apart from the URL):
+        # re-setting the one already in the URL would leave the old password working.
+        # An existing app role without a known password gets one: the app needs its URL.
+        if rotate or info is None or (is_app and in_url is None):
+            if separate is not None:
+                new_pw = check_password(separate, "on standard input")
+            elif in_url is not None and not rotate:
+                new_pw = check_password(in_url, "in the URL")
+            else:
+                new_pw = secrets.token_urlsafe(24)  # 192 bits
+            if new_pw != in_url or rotate:
                 if is_app:
                     plan.app_password = new_pw
                 else:
                     plan.password = new_pw
-            elif rotate and not is_app:
-                plan.password = given
+        kind = "app" if is_app else "owner"
         if info is None:
             plan.will_create.append(f"role {name}")
             stmt = pg.role_statement(conn, name, exists=False, password=new_pw,
                                      connection_limit=limit)
             add(stmt.sql, stmt.shown, undo=pg.drop_role_sql(name, if_exists=True))
+            add(pg.mark_role_sql(name, kind, db))
             continue
         plan.existed.append(f"role {name}")
-        drift = (not info["login"] or info["createdb"] or info["createrole"]
-                 or info["replication"] or (limit is not None and info["connlimit"] != limit))
-        if drift or new_pw is not None:
-            stmt = pg.role_statement(conn, name, exists=True, password=new_pw,
+        fix = pg.role_drift(info)
+        _check_changeable(conn, name, fix, admin)
+        if limit is not None and info["connlimit"] == limit:
+            limit = None  # already so: a statement naming it would be a change for nothing
+        if fix or new_pw is not None or limit is not None:
+            stmt = pg.role_statement(conn, name, exists=True, attributes=fix, password=new_pw,
                                      connection_limit=limit)
             add(stmt.sql, stmt.shown)
+            if new_pw is not None:
+                plan.rotated.append(name)
+        dangerous = pg.dangerous_memberships(conn, name)
+        for i, m in enumerate(dangerous, 1):
+            _check_revocable(conn, name, m, admin)
+            add(pg.revoke_membership_sql(m.granted, name),
+                verify=_no_dangerous(name) if i == len(dangerous) else None)
 
     if not pg.admin_is_member(conn, role):
         add(pg.grant_to_admin_sql(role))
@@ -211,6 +246,73 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
     return plan
 
 
+class _Powers(NamedTuple):
+    superuser: bool
+    createrole: bool
+    replication: bool
+    bypassrls: bool
+    version: int
+
+
+def _admin_powers(conn: psycopg.Connection[Any]) -> _Powers:
+    found = row(conn, "SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls,"
+                " current_setting('server_version_num')::int FROM pg_roles"
+                " WHERE rolname = current_user")
+    return _Powers(*found)
+
+
+def _check_changeable(conn: psycopg.Connection[Any], role: str, fix: list[str],
+                      admin: _Powers) -> None:
+    """REPLICATION and BYPASSRLS: only a superuser may take them away (from PostgreSQL 16 also
+    a role holding the attribute itself). Refuse up front with the statement that fixes it."""
+    from psycopg import sql
+
+    if admin.superuser:
+        return
+    stuck = [f for f in fix if (f == "NOREPLICATION" and not (admin.version >= 160000
+                                                              and admin.replication))
+             or (f == "NOBYPASSRLS" and not (admin.version >= 160000 and admin.bypassrls))]
+    if stuck:
+        name = sql.Identifier(role).as_string(conn)
+        raise Conflict(f"role {role!r} has {', '.join(f.removeprefix('NO') for f in stuck)}, "
+                       "which the admin role may not take away",
+                       hint=f"as a superuser: ALTER ROLE {name} {' '.join(stuck)}; then run "
+                       "the dbkit command again")
+
+
+def _check_revocable(conn: psycopg.Connection[Any], role: str, m: pg.Membership,
+                     admin: _Powers) -> None:
+    """A membership leading to a superuser or server-access role: revoked by dbkit when the
+    admin may revoke it, else refused with the statement that fixes it."""
+
+    if admin.superuser:
+        return
+    granted_super, has_admin_option = row(
+        conn, "SELECT r.rolsuper, pg_has_role(current_user, r.oid, 'USAGE WITH ADMIN OPTION')"
+        " FROM pg_roles r WHERE r.rolname = %s", (m.granted,))
+    # PostgreSQL 15 lets a CREATEROLE role manage any non-superuser role's members; from 16
+    # it needs ADMIN OPTION on the role.
+    if not granted_super and (has_admin_option or (admin.version < 160000 and admin.createrole)):
+        return
+    stmt = pg.revoke_membership_sql(m.granted, role).as_string(conn)
+    raise Conflict(f"role {role!r} is a member of {m.granted!r}, which gives it {m.reaches}; "
+                   "the admin role may not revoke that",
+                   hint=f"as a superuser: {stmt}; then run the dbkit command again")
+
+
+def _no_dangerous(role: str) -> Callable[[psycopg.Connection[Any]], None]:
+    def verify(conn: psycopg.Connection[Any]) -> None:
+        left = pg.dangerous_memberships(conn, role)
+        if left:
+            m = left[0]
+            by = f" GRANTED BY {m.grantor}" if m.grantor else ""
+            raise Conflict(f"role {role!r} is still a member of {m.granted!r} ({m.reaches}) "
+                           "after REVOKE: another role granted it",
+                           hint=f"as a superuser: "
+                           f"{pg.revoke_membership_sql(m.granted, role).as_string(conn)}{by}")
+    return verify
+
+
 def apply(plan: Plan, admin: psycopg.Connection[Any], open_target: OpenTarget) -> None:
     """Run the plan. On failure, undo what this run created, then re-raise."""
     import psycopg
@@ -228,6 +330,8 @@ def apply(plan: Plan, admin: psycopg.Connection[Any], open_target: OpenTarget) -
             else:
                 admin.execute(step.sql)
             done.append(step)
+            if step.verify is not None:
+                step.verify(admin)
         if target is not None:
             target.commit()  # the in-database steps are one transaction
     except BaseException as exc:
@@ -257,47 +361,69 @@ def _undo(admin: psycopg.Connection[Any], done: list[Step]) -> None:
 def create(target: Target, admin: DbURL, *, dry_run: bool = False, password: str | None = None,
            rotate: bool = False, connection_limit: int | None = None, print_url: bool = False,
            write_env: bool = True) -> Result:
-    """Create (or converge) the role and database of ``target`` on the ``admin`` server."""
+    """Create (or converge) the role and database of ``target`` on the ``admin`` server.
+
+    ``password`` is one given apart from the URL (standard input). What this run generated,
+    rotated or was given that way is written to .env (``write_env``) or returned
+    (``print_url``); in two-role mode the app role's name is written there too, so later
+    commands (reset, drop, doctor) act on both roles without being told again."""
+    from dbkit.admin import check_same_server
+
     settings = target.settings
     url = target.url
     if password is not None and url.password is not None and password != url.password:
         raise Refused("a password was given both in DATABASE_URL and on standard input",
                       hint="give it in one place only")
-    given = password or url.password
+    check_same_server(target, admin)
     app_role = settings.app_role
+    known_app = settings.app_url if settings.app_url and settings.app_url.user == app_role \
+        else None
 
     def open_target(db: str) -> psycopg.Connection[Any]:
         return connect(admin.with_(dbname=db), settings)
 
+    to_env = write_env and not print_url and not dry_run
     # Plan and apply under one lock: two setups at once would both plan to create the role.
     serial = (contextlib.nullcontext() if dry_run
               else pg.serialised(admin, settings, pg.PROVISIONING, "create"))
     with serial, connect(admin, settings, autocommit=True) as conn:
         check_admin(conn)
-        plan = plan_create(conn, url, open_target, app_role=app_role, password=given,
-                           rotate=rotate, connection_limit=connection_limit)
+        plan = plan_create(conn, url, open_target, app_role=app_role, password=password,
+                           rotate=rotate, connection_limit=connection_limit,
+                           app_password=known_app.password if known_app else None)
         if not dry_run:
-            if write_env and not print_url and (plan.password or plan.app_password):
+            if to_env and (plan.password or plan.app_password or app_role):
                 envfile.check_writable(settings.env_file)  # the generated password must land
             apply(plan, conn, open_target)
-        if given is None and plan.password is None and not dry_run:
+        given = plan.password or url.password
+        if given is None and not dry_run:
             given = _written_beside(settings, url)
-    final = url.with_(password=plan.password or given)
+    final = url.with_(password=given)
+    app = None
+    if app_role:
+        app = final.with_(user=app_role, password=plan.app_password or (
+            known_app.password if known_app else None))
     result = Result(database=plan.database, role=plan.role, app_role=app_role,
                     created=[] if dry_run else plan.will_create, existed=plan.existed,
                     statements=[s.shown for s in plan.steps], dry_run=dry_run, url=str(final),
-                    login=final)
+                    login=final, app_url=str(app) if app else None,
+                    rotated=[] if dry_run else plan.rotated)
     if dry_run:
         return result
     if print_url and plan.password:
         result.printed_url = final.render(reveal=True)
-    elif write_env and (plan.password or plan.app_password):
+    if to_env:
+        wrote = False
         if plan.password:
-            envfile.update(settings.env_file, "DATABASE_URL", final.render(reveal=True))
-        if plan.app_password and app_role:
-            app = final.with_(user=app_role, password=plan.app_password)
-            envfile.update(settings.env_file, "DBKIT_APP_URL", app.render(reveal=True))
-        result.env_file = str(settings.env_file)
+            wrote |= envfile.update(settings.env_file, "DATABASE_URL", final.render(reveal=True))
+        if app is not None:
+            if plan.app_password:
+                wrote |= envfile.update(settings.env_file, "DBKIT_APP_URL",
+                                        app.render(reveal=True))
+            wrote |= envfile.update(settings.env_file, "DBKIT_APP_ROLE", app_role or "")
+        if not wrote:
+            envfile.protect(settings.env_file)  # an existing file holding a password: 0600
+        result.env_file = str(settings.env_file) if wrote else None
     return result
 
 
@@ -312,33 +438,54 @@ def _written_beside(settings: Settings, url: DbURL) -> str | None:
 
 
 def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = False) -> Result:
-    """Drop the database, then its role(s). Missing objects are fine (idempotent)."""
+    """Drop the database, then its role(s). Missing objects are fine (idempotent).
+
+    The ownership rule: the database goes only if the URL's role owns it, and a role only if
+    dbkit made it for this database and it owns nothing elsewhere; otherwise Conflict (exit 7)
+    before anything is dropped, and so also under ``dry_run``. A role dbkit did not make is
+    kept (and said so): it was there before dbkit and may serve others."""
+    from dbkit.admin import check_same_server
+
     settings = target.settings
     settings.refuse_in_production("dbkit drop", override=None,
                                   hint="drop a production database by hand, deliberately")
     url = target.url
     db, role = check_name(url.dbname, "database"), check_name(url.user, "role")
-    roles = [r for r in (settings.app_role, role) if r]
+    check_same_server(target, admin)
+    roles = [(r, kind) for r, kind in ((settings.app_role, "app"), (role, "owner")) if r]
     admin = maintenance(admin, db)
     steps: list[str] = []
     existed: list[str] = []
+    kept: list[str] = []
     with connect(admin, settings, autocommit=True) as conn:
         check_admin(conn)
-        for r in roles:  # check first: a dropped database cannot come back if the role then fails
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                             (db,)).fetchone()
+        if owner is not None and owner[0] != role:
+            raise Conflict(f"database {db!r} is owned by {owner[0]!r}, not by {role!r} (the role "
+                           "in DATABASE_URL); nothing was dropped",
+                           hint="dbkit drops only what the URL's role owns: check DATABASE_URL, "
+                           "or drop it by hand")
+        doomed: list[str] = []
+        for r, kind in roles:  # check first: a dropped database cannot come back
+            info = role_info(conn, r)
+            if info is None:
+                continue
+            if info["super"]:
+                raise InvalidName(f"role {r!r} is a superuser; dbkit will not drop it")
+            if not pg.made_by_dbkit(conn, r, kind, db):
+                kept.append(r)
+                continue
             _check_droppable(conn, r, db)
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+            doomed.append(r)
+        if owner is not None:
             existed.append(f"database {db}")
             stmt = pg.drop_database_sql(db, force=force)
             steps.append(stmt.as_string(conn))
             if not dry_run:
                 _run(conn, stmt, f"cannot drop database {db!r}",
                      in_use="close its connections, or pass --force to terminate them")
-        for r in roles:
-            info = role_info(conn, r)
-            if info is None:
-                continue
-            if info["super"]:
-                raise InvalidName(f"role {r!r} is a superuser; dbkit will not drop it")
+        for r in doomed:
             existed.append(f"role {r}")
             stmt = pg.drop_role_sql(r)
             steps.append(stmt.as_string(conn))
@@ -347,7 +494,7 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
                      in_use="run DROP OWNED BY in the databases where it owns objects or holds "
                      "privileges, then dbkit drop again")
     return Result(database=db, role=role, app_role=settings.app_role, created=[],
-                  existed=existed, statements=steps, dry_run=dry_run, url=str(url))
+                  existed=existed, statements=steps, dry_run=dry_run, url=str(url), kept=kept)
 
 
 def _check_droppable(conn: psycopg.Connection[Any], role: str, db: str) -> None:
@@ -367,7 +514,7 @@ def _check_droppable(conn: psycopg.Connection[Any], role: str, db: str) -> None:
         " ORDER BY 1 LIMIT 1", (role, db, db)).fetchone()
     if elsewhere:
         raise Conflict(f"role {role!r} owns objects or holds privileges outside database "
-                       f"{db!r} ({elsewhere[0]}); nothing was dropped",
+                       f"{db!r} (in {elsewhere[0]}); nothing was dropped",
                        hint="REASSIGN OWNED / DROP OWNED BY that role there, then dbkit drop again")
 
 

@@ -47,6 +47,7 @@ class SetupResult:
     url: str  # masked
     env_file: str | None
     changed: bool
+    app_url: str | None = None  # masked DBKIT_APP_URL, in two-role mode
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -96,7 +97,8 @@ def reset(settings: Settings, admin: DbURL, *, seed: bool = True, env: str | Non
         raise translate(exc, f"cannot reset database {db!r}") from None
     steps.append({"step": "swap", "changed": True, "detail": f"replaced {db}; old copy dropped"})
     return SetupResult(url=str(app.target.url), env_file=app.env_file, changed=True,
-                       steps=steps, seconds=round(time.perf_counter() - started, 3))
+                       steps=steps, seconds=round(time.perf_counter() - started, 3),
+                       app_url=app.app_url)
 
 
 def refuse_reset_in_production(settings: Settings, env: str | None = None) -> None:
@@ -129,6 +131,7 @@ class Ensured:
     env_file: str | None
     steps: list[dict[str, Any]]
     created: list[str]  # "role R", "database D": what this run made
+    app_url: str | None = None  # masked
 
 
 def ensure(settings: Settings, admin: DbURL, *, rotate: bool = False) -> Ensured:
@@ -144,15 +147,15 @@ def ensure(settings: Settings, admin: DbURL, *, rotate: bool = False) -> Ensured
     steps: list[dict[str, Any]] = [] if not moved else [{
         "step": "server", "changed": True,
         "detail": f"the local server moved to port {admin.port}; DATABASE_URL updated"}]
+    rotated = (f"new password for role(s) {', '.join(created.rotated)}: the old one no longer "
+               "works" if rotate and created.rotated else "")
     steps.append({
         "step": "create", "changed": bool(created.statements),
-        "detail": ", ".join(f"created {c}" for c in created.created) or
-        (f"new password for role {created.role}" if rotate and created.statements else
-         "converged privileges" if created.statements else "role and database exist"),
+        "detail": ", ".join(f"created {c}" for c in created.created) or rotated or
+        ("converged privileges" if created.statements else "role and database exist"),
     })
-    env_file = created.env_file or (str(settings.env_file) if settings.env_file.exists() else None)
     return Ensured(admin=admin, target=target, steps=steps, created=created.created,
-                   env_file=env_file)
+                   env_file=created.env_file, app_url=created.app_url)
 
 
 def fill(target: Target, *, seed: bool = True) -> list[dict[str, Any]]:
@@ -187,7 +190,7 @@ def _complete(settings: Settings, app: Ensured, *, seed: bool, started: float) -
                         hint="fix the cause and run dbkit setup again") from None
     return SetupResult(url=str(app.target.url), env_file=app.env_file,
                        changed=any(s["changed"] for s in steps), steps=steps,
-                       seconds=round(time.perf_counter() - started, 3))
+                       seconds=round(time.perf_counter() - started, 3), app_url=app.app_url)
 
 
 def _undo_created(settings: Settings, app: Ensured) -> bool:

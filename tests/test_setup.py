@@ -43,14 +43,22 @@ def test_setup_from_nothing_then_again_then_after_stop(project):
     assert tables == "posts,users,votes"
     users, posts, votes = map(int, counts(url).split(","))
     assert users > 0 and posts > 0 and votes > 0
-    # 2. again: exit 0, nothing changed
+    # the server outlives the command: the first setup says so, in one plain line
+    said = [ln for ln in first.stderr.splitlines() if "keeps running" in ln]
+    assert len(said) == 1 and "dbkit server stop" in said[0] and "warning" not in said[0]
+    # 2. again: exit 0, nothing changed, nothing said about a server it did not start
     second = dbkit(project, "setup")
     assert second.returncode == 0, second.stderr
     assert "nothing changed" in second.stdout
+    assert "keeps running" not in second.stderr
+    assert "written to" not in second.stdout  # nothing was written
     assert counts(url) == f"{users},{posts},{votes}"
     assert read_env_file(project / ".env")["DATABASE_URL"] == url.render(reveal=True)
     # 3. stop the server, setup again: it starts, data intact
     assert dbkit(project, "server", "stop").returncode == 0
+    stopped = dbkit(project, "server", "status")
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped")
+    assert "None" not in stopped.stdout and "pid" not in stopped.stdout
     third = dbkit(project, "setup")
     assert third.returncode == 0, third.stderr
     assert counts(url) == f"{users},{posts},{votes}"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dbkit import __version__
+from dbkit import NOTICE, __version__
 from dbkit.errors import EXIT_CODES
 from dbkit.urls import mask_secrets
 
@@ -47,11 +47,10 @@ def cli(env_file: str | None, debug: bool, verbose: bool) -> None:
     # Warnings always show (masked, one line each); everything else with -v / --debug.
     handler = logging.StreamHandler(sys.stderr)
     handler.dbkit_cli = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("dbkit: %(message)s" if debug or verbose
-                                           else "dbkit: warning: %(message)s"))
+    handler.setFormatter(_Formatter(label=not (debug or verbose)))
     handler.addFilter(_MaskFilter())
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO if verbose else NOTICE)
     logging.getLogger("dotenv").setLevel(logging.ERROR)  # dbkit names the unparsable line itself
 
 
@@ -90,6 +89,21 @@ def one_line(text: str) -> str:
     """Errors are one line: a name quoted into a message (a migration file whose name holds a
     newline or a form feed, say) must not break it into several, nor forge a line of its own."""
     return text.translate(_LINE_BREAKS)
+
+
+class _Formatter(logging.Formatter):
+    """``dbkit: warning: …`` for warnings (unless -v, where every line is a plain
+    ``dbkit: …``); notices are plain lines."""
+
+    def __init__(self, label: bool) -> None:
+        super().__init__("dbkit: %(message)s")
+        self.label = label
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.label and record.levelno >= logging.WARNING:
+            return text.replace("dbkit: ", "dbkit: warning: ", 1)
+        return text
 
 
 class _MaskFilter(logging.Filter):

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 @click.option("--connection-limit", type=click.IntRange(min=-1), default=None,
               help="CONNECTION LIMIT for the owner role.")
 @click.option("--password-stdin", is_flag=True, help="Read the owner role's password from stdin.")
-@click.option("--rotate-password", is_flag=True, help="Set a new password on an existing role.")
+@click.option("--rotate-password", is_flag=True,
+              help="Give the existing role(s) a fresh password (from stdin with --password-stdin),"
+              " written to .env; the old one stops working, open sessions stay.")
 @click.option("--print-url", is_flag=True,
               help="Print the full DATABASE_URL (with a generated password) instead of writing .env.")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
@@ -61,7 +63,8 @@ def drop(force: bool, yes: bool, app_role: str | None, local: bool, dry_run: boo
     s = settings(app_role=app_role, local=local)
     target = s.target()
     if not dry_run:
-        confirm(f"Drop database {target.dbname!r} and role {target.role!r}?", yes)
+        roles = " and ".join(repr(r) for r in (target.role, s.app_role) if r)
+        confirm(f"Drop database {target.dbname!r} and role(s) {roles}?", yes)
     result = provision.drop(target, admin.resolve(s), force=force, dry_run=dry_run)
     emit(result.as_dict(), as_json, _render(result, verb="dropped"))
 
@@ -70,8 +73,10 @@ def _read_password() -> str:
     from dbkit.errors import ConfigError
 
     line = sys.stdin.readline().rstrip("\r\n")
-    if not line:
-        raise ConfigError("--password-stdin was given but standard input is empty")
+    if not line.strip():
+        raise ConfigError("--password-stdin was given but standard input holds no password "
+                          "(empty or blank)", hint="pipe the password in: printf %s \"$PW\" | "
+                          "dbkit create --password-stdin")
     return line
 
 
@@ -85,6 +90,8 @@ def _render(result: Result, verb: str = "created") -> str:
         lines.append(f"{verb} {item}")
     if verb == "dropped":
         lines += [f"dropped {item}" for item in result.existed]
+        lines += [f"kept    role {r} (dbkit did not create it for this database)"
+                  for r in result.kept]
         return "\n".join(lines) or "nothing to drop"
     for item in result.existed:
         lines.append(f"exists  {item}")
@@ -92,7 +99,10 @@ def _render(result: Result, verb: str = "created") -> str:
         lines.append(f"applied {len(result.statements)} statement(s)")
     else:
         lines.append("nothing to do: already up to date")
+    lines += [f"new password for role {r}: the old one no longer works" for r in result.rotated]
     lines.append(f"DATABASE_URL={result.url}")
+    if result.app_url:
+        lines.append(f"DBKIT_APP_URL={result.app_url}")
     if result.env_file:
         lines.append(f"written to {result.env_file}")
     if result.printed_url:

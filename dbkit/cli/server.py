@@ -50,9 +50,12 @@ def status(as_json: bool) -> None:
     st = _local().status()
     if not st["initialized"]:
         text = f"no local server in {st['data_dir']} (dbkit server start creates one)"
+    elif st["running"]:
+        text = (f"running: PostgreSQL {st['major']}, port {st['port']}, pid {st['pid']}, "
+                f"data in {st['data_dir']}")
     else:
-        text = (f"{'running' if st['running'] else 'stopped'}: PostgreSQL {st['major']}, "
-                f"port {st['port']}, pid {st['pid']}, data in {st['data_dir']}")
+        text = (f"stopped: PostgreSQL {st['major']}, port {st['port']} when running, data in "
+                f"{st['data_dir']} (dbkit server start)")
     emit(st, as_json, text)
 
 

@@ -7,6 +7,8 @@ import click
 from dbkit.cli.common import cli, confirm, emit, settings
 
 _MIGRATIONS_HELP = "Migrations directory (DBKIT_MIGRATIONS)."
+_APP_ROLE_HELP = ("Two-role mode: also a DML-only role for the application (DBKIT_APP_ROLE; "
+                  "kept in .env with its DBKIT_APP_URL).")
 
 
 @cli.command()
@@ -14,11 +16,12 @@ _MIGRATIONS_HELP = "Migrations directory (DBKIT_MIGRATIONS)."
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL even if another answers.")
 @click.option("--migrations", type=click.Path(file_okay=False), default=None, help=_MIGRATIONS_HELP)
 @click.option("--rotate-password", is_flag=True,
-              help="Give an existing role a new password (e.g. after .env was lost): the one in "
-              "DATABASE_URL, else a generated one written to .env.")
+              help="Give the existing role(s) a fresh generated password, written to .env; the "
+              "old one stops working, open sessions stay.")
+@click.option("--app-role", default=None, help=_APP_ROLE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: bool,
-          as_json: bool) -> None:
+          app_role: str | None, as_json: bool) -> None:
     """Create (if needed), migrate and seed: one command to a working database.
 
     Idempotent. If migrating or seeding fails, the role and database this run created are
@@ -26,14 +29,16 @@ def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: b
     from dbkit import admin
     from dbkit import setup as lib
 
-    s = settings(local=local, migrations=migrations)
+    s = settings(local=local, migrations=migrations, app_role=app_role)
     result = lib.setup(s, admin.resolve(s), seed=not no_seed, rotate=rotate_password)
     lines = [f"{st['step']:<8} {st['detail']}" for st in result.steps]
     lines.append("ready: " + ("done" if result.changed else "nothing changed, already up to date")
                  + f" ({result.seconds:.2f}s)")
     lines.append(f"DATABASE_URL={result.url}")
-    lines.append(f"written to {result.env_file}" if result.env_file
-                 else "DATABASE_URL comes from the environment")
+    if result.app_url:
+        lines.append(f"DBKIT_APP_URL={result.app_url}")
+    if result.env_file:
+        lines.append(f"written to {result.env_file}")
     emit(result.as_dict(), as_json, "\n".join(lines))
 
 
@@ -43,8 +48,10 @@ def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: b
               default=None, help="Mark the environment (production refuses).")
 @click.option("--no-seed", is_flag=True, help="Do not load the sample data after migrating.")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
+@click.option("--app-role", default=None, help=_APP_ROLE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def reset(yes: bool, env: str | None, no_seed: bool, local: bool, as_json: bool) -> None:
+def reset(yes: bool, env: str | None, no_seed: bool, local: bool, app_role: str | None,
+          as_json: bool) -> None:
     """Replace the database with a freshly set-up one (create, migrate, seed).
 
     All or nothing: the new database is built beside the old one and swapped in by renaming,
@@ -54,7 +61,7 @@ def reset(yes: bool, env: str | None, no_seed: bool, local: bool, as_json: bool)
     from dbkit import admin
     from dbkit import setup as lib
 
-    s = settings(local=local)
+    s = settings(local=local, app_role=app_role)
     lib.refuse_reset_in_production(s, env)  # before asking (reset() itself refuses too)
     name = s.target().dbname if s.database_url else lib.DEFAULT_NAME
     confirm(f"Replace database {name!r} and all its data with a fresh one?", yes)

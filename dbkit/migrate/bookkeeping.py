@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbkit import __version__
 from dbkit.db import row, value
@@ -127,7 +127,63 @@ def ensure_tables(conn: psycopg.Connection, url: DbURL, settings: Settings, stat
             " checksum char(64) NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())"
         ).format(_ident(CHECKSUMS)))
         conn.execute(sql.SQL(_HISTORY_DDL).format(_ident(HISTORY)))
+        # New tables picked up the schema's default privileges (the app role's DML grants):
+        # the bookkeeping is the owner's alone.
+        for stmt in seal_sql(conn):
+            conn.execute(stmt)
     return read_state(conn)
+
+
+class Exposure(NamedTuple):
+    schema: str
+    relation: str
+    grantee: str  # "PUBLIC" or a role name
+    privileges: str  # "SELECT, INSERT, …"
+
+
+_RELATIONS = (
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = coalesce(%(schema)s, current_schema())"
+    " AND (c.relname = ANY(%(tables)s) AND c.relkind IN ('r', 'p')"
+    "   OR c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d"
+    "     JOIN pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass"
+    "     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+    "     AND d.deptype IN ('a', 'i') AND t.relnamespace = c.relnamespace"
+    "     AND t.relname = ANY(%(tables)s)))")
+
+
+def revoke_sql(conn: psycopg.Connection, grantee: str, schema: str | None = None
+               ) -> list[sql.Composed]:
+    """REVOKE ALL from ``grantee`` on every bookkeeping table and sequence there is (a GRANT
+    … ON ALL TABLES IN SCHEMA in the same transaction reaches them too)."""
+    from psycopg import sql
+
+    return [sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(*r), sql.Identifier(grantee))
+            for r in conn.execute("SELECT n.nspname, c.relname" + _RELATIONS + " ORDER BY 2",
+                                  {"schema": schema, "tables": list(ALL_TABLES)})]
+
+
+def exposed(conn: psycopg.Connection, schema: str | None = None) -> list[Exposure]:
+    """Privileges on the bookkeeping (the tables and their sequences) held by any role but
+    their owner: through them an application could un-record a migration or wipe the audit.
+    ``schema`` defaults to the connection's current schema, where migrations keep them."""
+    return [Exposure(*r) for r in conn.execute(
+        "SELECT n.nspname, c.relname, CASE WHEN a.grantee = 0 THEN 'PUBLIC'"
+        "  ELSE pg_get_userbyid(a.grantee) END, string_agg(a.privilege_type, ', ' ORDER BY 1)"
+        + _RELATIONS.replace(" WHERE ", " CROSS JOIN LATERAL aclexplode(c.relacl) a"
+                             " WHERE a.grantee <> c.relowner AND ", 1)
+        + " GROUP BY 1, 2, 3 ORDER BY 2, 3",
+        {"schema": schema, "tables": list(ALL_TABLES)}).fetchall()]
+
+
+def seal_sql(conn: psycopg.Connection, schema: str | None = None) -> list[sql.Composed]:
+    """REVOKE statements that leave the bookkeeping to its owner alone."""
+    from psycopg import sql
+
+    return [sql.SQL("REVOKE ALL ON {} FROM {}").format(
+        sql.Identifier(e.schema, e.relation),
+        sql.SQL("PUBLIC") if e.grantee == "PUBLIC" else sql.Identifier(e.grantee))
+        for e in exposed(conn, schema)]
 
 
 def _yoyo_bootstrap(url: DbURL, settings: Settings, state: State) -> None:
