@@ -53,8 +53,9 @@ def test_update_env_file_keeps_lines_and_is_private(tmp_path):
     path.chmod(0o644)
     update_env_file(path, "DATABASE_URL", "postgresql://u:p%40@h/d")
     update_env_file(path, "NEW", "v")
-    assert path.read_text() == ("# comment\nexport A=1\nDATABASE_URL='postgresql://u:p%40@h/d'\n"
-                                "B='two'\nNEW='v'\n")
+    # the unquoted line stays unquoted; the file had no final newline and still has none
+    assert path.read_text() == ("# comment\nexport A=1\nDATABASE_URL=postgresql://u:p%40@h/d\n"
+                                "B='two'\nNEW=v")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_env_file(path)["DATABASE_URL"] == "postgresql://u:p%40@h/d"
     assert not list(tmp_path.glob(".env.*.tmp"))
