@@ -39,7 +39,8 @@ class Variable:
 # README and .env.example document the same variables (a test keeps them in step).
 VARIABLES: tuple[Variable, ...] = (
     Variable("DATABASE_URL", "database_url", None, None,
-             "the application's database: postgresql://role:password@host:port/database"),
+             "the application's database: postgresql://role:password@host:port/database "
+             "(or a libpq key=value string)"),
     Variable("DBKIT_ADMIN_URL", "admin_url", None, None,
              "a connection allowed to create roles and databases"),
     Variable("DBKIT_APP_ROLE", "app_role", "--app-role", None,

@@ -3,19 +3,54 @@
 Names in URLs are percent-decoded so any identifier PostgreSQL accepts (spaces, quotes,
 unicode) can be named. Passwords never leave this module unmasked except through
 ``connect_kwargs`` (in-process, to the driver) and ``DbURL.render(reveal=True)`` (for .env).
+
+A password counts wherever libpq would take it from: ``user:password@``, a ``password`` query
+parameter, or a ``key=value`` connection string. ``parse`` reads all three into
+``DbURL.password`` (so the password given is the password used), and one rule,
+``mask_secrets``, hides all three in any text that leaves dbkit: rendered URLs, errors, logs.
+
+What libpq or the driver would silently change, ``parse`` refuses instead (InvalidURL, exit 3):
+control characters (urlsplit drops a newline, libpq truncates at NUL), percent-escapes that are
+not UTF-8 (they would become U+FFFD), host name labels DNS cannot carry, impossible ports.
+No message quotes the input: a mistyped URL may have its password anywhere.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from dbkit.errors import InvalidURL
 
 SCHEMES = ("postgresql", "postgres")
 MASK = "***"
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+# A libpq keyword/value connection string starts with a keyword and '='; a URL never does
+# (its scheme ends at ':').
+_CONNINFO = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\s*=")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DNS_LABEL_MAX = 63  # octets, RFC 1035
+
+
+def _any_case_or_escaped(word: str) -> str:
+    """A pattern for ``word`` in a URL query key: any letter may be percent-encoded (the
+    pattern is compiled case-blind, so hex digits and letters match in either case)."""
+    return "".join(f"(?:{c}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in word)
+
+
+# The one masking rule. Each alternative is one place a password travels:
+#   scheme://user:SECRET@        up to the last '@' before a '/' or whitespace (libpq's
+#                                userinfo ends at '@' or '/'; urllib's at the last '@')
+#   ?password=SECRET, &pass%77ord=SECRET     up to the next '&', '#' or whitespace
+#   password=SECRET, password = 'a b\' c'    libpq's keyword/value syntax (quotes, backslash
+#                                escapes; an unclosed quote runs to the end); PGPASSWORD= too
+_SECRET = re.compile(
+    r"(?P<userinfo>://[^\s:/@]*:)[^\s/]*@"
+    rf"|(?P<param>[?&]{_any_case_or_escaped('password')}=)[^\s&#]*"
+    r"|(?P<keyword>(?<!\w)(?:pg)?password\s*=\s*)"
+    r"(?:'(?:\\.|[^'\\])*(?:'|\Z)|(?:\\.|[^\s\\])*\\?)",
+    re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -29,12 +64,27 @@ class DbURL:
 
     @classmethod
     def parse(cls, url: str, what: str = "DATABASE_URL") -> DbURL:
+        """A ``postgresql://`` URL or a libpq ``key=value`` connection string; InvalidURL
+        (naming ``what``, never quoting the text) for anything libpq would misread."""
+        text = url.strip()
+        _check_text(text, what)
+        if _CONNINFO.match(text):
+            return _checked(_from_conninfo(text, what), what)
+        # urlsplit silently drops tabs and newlines, libpq stops at NUL: refuse them all first.
+        bad = _CONTROL.search(text)
+        if bad:
+            code = f"%{ord(bad.group()):02X}"
+            raise InvalidURL(f"{what} contains {_describe(bad.group())}, which a URL cannot hold",
+                             hint=f"remove it (percent-encode it as {code} if it is part of "
+                             "the password)")
         try:
-            parts = urlsplit(url.strip())
+            parts = urlsplit(text)
             port = parts.port
         except ValueError as exc:
             # ValueError text may echo the URL (and its password): never include it.
-            raise InvalidURL(f"{what} is not a valid URL ({_reason(exc)})") from None
+            if "port" in str(exc).lower():
+                raise _bad_port(what) from None
+            raise InvalidURL(f"{what} is not a valid URL (malformed)") from None
         scheme = parts.scheme.split("+", 1)[0]
         if scheme not in SCHEMES:
             raise InvalidURL(
@@ -42,33 +92,40 @@ class DbURL:
             )
         if parts.fragment:
             raise InvalidURL(f"{what} must not contain a '#' fragment (percent-encode '#')")
-        host = unquote(parts.hostname) if parts.hostname else None
+        host = _decode(parts.hostname, what, "host")
         if parts.netloc.rpartition("@")[2].startswith("["):
             host = parts.netloc.rpartition("@")[2].split("]")[0][1:]
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if "/" in path:
             raise InvalidURL(f"{what} has a '/' in the database name (percent-encode it as %2F)")
-        try:
-            params = tuple(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
-        except ValueError:
-            raise InvalidURL(f"{what} has a malformed query string") from None
+        password = _decode(parts.password, what, "password")
+        params = _query(parts.query, what)
+        given: set[str] = set()
         for key, value in params:
             if key == "host" and host is None:
                 host = value
             if key == "port" and port is None:
-                try:
-                    port = int(value)
-                except ValueError:
-                    raise InvalidURL(f"{what} has a non-numeric port") from None
-        params = tuple((k, v) for k, v in params if k not in ("host", "port"))
-        return cls(
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            host=host,
+                port = _port(value, what)
+            if key == "password":
+                given.add(value)
+        if given:
+            # Two different passwords: whichever dbkit picked, the user meant the other one.
+            if len(given) > 1 or (password is not None and password not in given):
+                where = "in user:password@ and in ?password=" if password is not None \
+                    else "in two password= parameters"
+                raise InvalidURL(f"{what} gives two different passwords ({where})",
+                                 hint="give the password once, either as user:password@ or as "
+                                 "?password=")
+            password = given.pop()
+        params = tuple((k, v) for k, v in params if k not in ("host", "port", "password"))
+        return _checked(cls(
+            user=_decode(parts.username, what, "role name") or None,
+            password=password,
+            host=host or None,
             port=port,
-            dbname=unquote(path) if path else None,
+            dbname=_decode(path, what, "database name") or None,
             params=params,
-        )
+        ), what)
 
     def with_(self, **changes: object) -> DbURL:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -83,11 +140,12 @@ class DbURL:
         return kw
 
     def render(self, reveal: bool = False, scheme: str = "postgresql") -> str:
-        auth = ""
-        if self.user:
-            auth = quote(self.user, safe="")
-            if self.password is not None:
-                auth += ":" + (quote(self.password, safe="") if reveal else MASK)
+        """Always a ``postgresql://`` URL (whatever form was parsed); masked by the one rule
+        unless ``reveal``."""
+        auth = quote(self.user, safe="") if self.user else ""
+        if self.password is not None:  # without a user too: libpq reads ':password@' so
+            auth += ":" + quote(self.password, safe="")
+        if auth:
             auth += "@"
         hostpart = ""
         query = list(self.params)
@@ -102,7 +160,10 @@ class DbURL:
                 query.append(("port", str(self.port)))
         db = "/" + quote(self.dbname, safe="") if self.dbname else ""
         qs = "&".join(f"{quote(k, safe='')}={quote(v, safe='/')}" for k, v in query)
-        return f"{scheme}://{auth}{hostpart}{db}" + (f"?{qs}" if qs else "")
+        full = f"{scheme}://{auth}{hostpart}{db}" + (f"?{qs}" if qs else "")
+        # Masking the rendered text (not building a masked one) keeps one rule for every form,
+        # a password that reached ``params`` by hand included.
+        return full if reveal else mask_secrets(full)
 
     def __str__(self) -> str:
         return self.render()
@@ -117,9 +178,16 @@ def mask_url(url: str) -> str:
 
 
 def mask_secrets(text: str) -> str:
-    """Mask anything that looks like a password inside a URL, anywhere in a text (an error
-    message may quote one the server or the driver echoed)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    """Mask every password in a text, in each form libpq takes one (``user:SECRET@``,
+    ``?password=SECRET``, ``password=SECRET``): an error message may quote one the server or
+    the driver echoed."""
+    return _SECRET.sub(_masked, text)
+
+
+def _masked(m: re.Match[str]) -> str:
+    if m.group("userinfo") is not None:
+        return m.group("userinfo") + MASK + "@"
+    return (m.group("param") or m.group("keyword")) + MASK
 
 
 def with_app(url: DbURL, name: str) -> DbURL:
@@ -130,6 +198,122 @@ def with_app(url: DbURL, name: str) -> DbURL:
     return url.with_(params=(*url.params, ("application_name", name)))
 
 
-def _reason(exc: Exception) -> str:
+# -- parsing's parts ------------------------------------------------------------------------
+def _check_text(text: str, what: str) -> None:
+    """Bytes that are not UTF-8 (an environment variable's arrive as lone surrogates) would
+    fail later, inside the driver, as a bug."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidURL(f"{what} holds bytes that are not UTF-8",
+                         hint="write it in UTF-8; percent-encode special characters as their "
+                         "UTF-8 bytes (é is %C3%A9)") from None
+    if "\x00" in text:  # libpq would cut the string there, whatever form it has
+        raise InvalidURL(f"{what} contains a NUL character", hint="remove it")
+
+
+def _decode(value: str | None, what: str, part: str) -> str | None:
+    """Percent-decoding that refuses escapes which are not UTF-8 (``errors='replace'``, the
+    default, would silently make another name or password of them)."""
+    if value is None:
+        return None
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidURL(f"{what}: the {part} has percent-escapes that are not UTF-8",
+                         hint="percent-encode each character as its UTF-8 bytes (é is %C3%A9)"
+                         ) from None
+
+
+def _query(query: str, what: str) -> tuple[tuple[str, str], ...]:
+    """The query string as libpq reads it: '&'-separated ``key=value``, percent-decoded, and
+    '+' a plus sign (not a space, as HTML forms have it: a password may hold one)."""
+    out: list[tuple[str, str]] = []
+    for piece in query.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        name = _decode(key, what, "query string") or ""
+        out.append((name, _decode(value, what, "password" if name == "password"
+                                  else "query string") or ""))
+    return tuple(out)
+
+
+def _port(value: str, what: str) -> int:
+    if not (value.isascii() and value.isdigit()):  # int() would take ' 5', '+5', '5_0', '٥'
+        raise InvalidURL(f"{what} has a non-numeric port",
+                         hint="give the port as digits, e.g. 5432")
+    return int(value)
+
+
+def _bad_port(what: str) -> InvalidURL:
+    return InvalidURL(f"{what} has a port that is not a number from 1 to 65535",
+                      hint="fix the port (PostgreSQL's default is 5432)")
+
+
+def _from_conninfo(text: str, what: str) -> DbURL:
+    """A libpq ``key=value`` string, read by libpq's own parser (so quoting and escapes mean
+    what they mean to libpq). psycopg is imported only here: importing it takes longer than
+    the rest of ``dbkit --help``."""
+    hint = ("write key=value pairs separated by spaces, quoting values that hold spaces or "
+            "quotes (password='a b\\' c'), or use postgresql://role:password@host:port/database")
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise InvalidURL(f"{what} is a key=value connection string, which needs psycopg and "
+                         "libpq to read", hint="install psycopg, or use "
+                         "postgresql://role:password@host:port/database") from None
+    try:
+        found = {k: str(v) for k, v in conninfo_to_dict(text).items() if v is not None}
+    except ProgrammingError as exc:
+        raise InvalidURL(f"{what} is not a valid key=value connection string "
+                         f"({_conninfo_reason(exc)})", hint=hint) from None
+    port = found.pop("port", None)
+    return DbURL(user=found.pop("user", None) or None, password=found.pop("password", None),
+                 host=found.pop("host", None) or None,
+                 port=_port(port, what) if port is not None else None,
+                 dbname=found.pop("dbname", None) or None, params=tuple(found.items()))
+
+
+def _conninfo_reason(exc: Exception) -> str:
+    """libpq's complaint in dbkit's words: its own text may quote a piece of the password."""
     text = str(exc)
-    return "port is not a number or out of range" if "Port" in text or "port" in text else "malformed"
+    if "unterminated quoted string" in text:
+        return "a quoted value is not closed"
+    if "invalid connection option" in text:
+        return "an unknown keyword"
+    if 'missing "="' in text:
+        return "a word without '='"
+    return "malformed"
+
+
+def _checked(url: DbURL, what: str) -> DbURL:
+    """What every form must satisfy before anything connects with it."""
+    for part, value in (("role name", url.user), ("database name", url.dbname),
+                        ("host", url.host)):
+        bad = _CONTROL.search(value or "")
+        if bad:  # a name holding a newline forges log lines and breaks terminals
+            raise InvalidURL(f"{what}: the {part} contains {_describe(bad.group())}",
+                             hint=f"remove it from the {part} (dbkit refuses control "
+                             "characters there)")
+    if "\x00" in (url.password or "") or any("\x00" in k + v for k, v in url.params):
+        raise InvalidURL(f"{what}: the password or a parameter contains a NUL character, "
+                         "which libpq cannot send (it would cut the value short)",
+                         hint="remove it")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise _bad_port(what)
+    for host in (url.host or "").split(","):  # libpq takes a list of hosts
+        if host.startswith("/") or ":" in host:  # a unix-socket directory, an IPv6 address
+            continue
+        if any(len(label.encode()) > _DNS_LABEL_MAX for label in host.split(".")):
+            raise InvalidURL(f"{what}: a label of the host name (a part between dots) is "
+                             f"longer than {_DNS_LABEL_MAX} bytes, more than DNS allows",
+                             hint="check the host name (a unix-socket directory starts with "
+                             "/: postgresql://role@/database?host=/run/postgresql)")
+    return url
+
+
+def _describe(char: str) -> str:
+    names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL"}
+    return names.get(char, f"a control character (U+{ord(char):04X})")
