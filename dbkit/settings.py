@@ -217,6 +217,11 @@ def _check_pg_env(pg_env: Mapping[str, str]) -> None:
     port = pg_env.get("PGPORT")
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError(f"PGPORT must be a port number (got {port!r})")
+    for key in ("PGHOST", "PGUSER", "PGDATABASE", "PGHOSTADDR", "PGSERVICE"):
+        # libpq would cut the value at a NUL or take a newline literally: refuse, as in URLs
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in pg_env.get(key, "")):
+            raise ConfigError(f"{key} contains a control character (a newline?)",
+                              hint=f"set {key} to the plain value")
 
 
 @dataclass(frozen=True)

@@ -131,3 +131,12 @@ def test_settings_are_typed_once(tmp_path):
     assert isinstance(s.database_url, DbURL) and s.database_url.port == 1
     assert s.data_dir == tmp_path / "data" and s.migrations == tmp_path / "m"
     assert s.pg_bin == Path("/opt/pg/bin")
+
+
+@pytest.mark.parametrize("key", ["PGHOST", "PGUSER", "PGDATABASE"])
+def test_a_control_character_in_a_libpq_variable_is_a_config_error(tmp_path, key):
+    from dbkit.errors import ConfigError
+    from dbkit.settings import Settings
+
+    with pytest.raises(ConfigError, match=key):
+        Settings.load(environ={key: "db\nother"}, cwd=tmp_path)
