@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, LiteralString, NamedTuple
 
 from dbkit.db import connect, value
-from dbkit.errors import Conflict
+from dbkit.errors import Conflict, PermissionDenied
 
 if TYPE_CHECKING:
     import psycopg
@@ -173,6 +173,102 @@ def role_drift(info: dict[str, Any]) -> list[str]:
         ("bypassrls", True, "NOBYPASSRLS")) if info[key] is bad]
 
 
+def role_info(conn: psycopg.Connection[Any], role: str) -> dict[str, Any] | None:
+    """The attributes of ``role`` that dbkit checks and converges (None: no such role)."""
+    found = conn.execute(
+        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication,"
+        " rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if found is None:
+        return None
+    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication", "bypassrls")
+    return dict(zip(keys, found, strict=True))
+
+
+# -- the admin's own rights -------------------------------------------------------------------
+# Managed services (RDS, Cloud SQL, Azure) give no superuser: their admin is a role WITH
+# CREATEROLE CREATEDB. PostgreSQL 15 lets such a role alter any non-superuser, non-replication
+# role; from 16 only the roles it holds ADMIN OPTION on (its creator gets that by itself).
+PG16 = 160000
+ADMIN_HINT = "use a superuser or a role WITH CREATEROLE CREATEDB in DBKIT_ADMIN_URL"
+
+
+class AdminPowers(NamedTuple):
+    superuser: bool
+    createrole: bool
+    createdb: bool
+    replication: bool
+    bypassrls: bool
+    version: int  # server_version_num
+
+
+def admin_powers(conn: psycopg.Connection[Any]) -> AdminPowers:
+    found = conn.execute(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls,"
+        " current_setting('server_version_num')::int FROM pg_roles"
+        " WHERE rolname = current_user").fetchone()
+    assert found is not None, "current_user is always in pg_roles"
+    return AdminPowers(*found)
+
+
+def check_admin(conn: psycopg.Connection[Any]) -> AdminPowers:
+    """The admin may create roles and databases (a superuser, or CREATEROLE + CREATEDB):
+    checked before anything is changed, so a weak admin leaves nothing half-made."""
+    powers = admin_powers(conn)
+    missing = [p for p, ok in (("CREATEROLE", powers.createrole), ("CREATEDB", powers.createdb))
+               if not (powers.superuser or ok)]
+    if missing:
+        raise PermissionDenied(f"the admin role lacks {' and '.join(missing)}", hint=ADMIN_HINT)
+    return powers
+
+
+def refused_hint(powers: AdminPowers, *, tail: str = "") -> str:
+    """The hint for a permission the server refused the admin. An admin that already has
+    CREATEROLE and CREATEDB gains nothing from being told to get them: name what it lacks
+    instead (membership in, or from PostgreSQL 16 ADMIN OPTION on, the roles it manages)."""
+    if powers.superuser or not (powers.createrole and powers.createdb):
+        return ADMIN_HINT + tail
+    needs = ("ADMIN OPTION on the roles it manages (it has it on roles it created)"
+             if powers.version >= PG16 else "membership in the roles it manages")
+    return (f"the admin role has CREATEROLE and CREATEDB; it also needs {needs}: grant that "
+            f"as a superuser, or use one{tail}")
+
+
+def check_manageable(conn: psycopg.Connection[Any], role: str, powers: AdminPowers) -> None:
+    """From PostgreSQL 16 a CREATEROLE admin may alter, grant or drop only roles it holds
+    ADMIN OPTION on: refuse before changing anything, naming that right and its fix."""
+    from psycopg import sql
+
+    if powers.superuser or powers.version < PG16:
+        return
+    if value(conn, "SELECT pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION')"
+             " FROM pg_roles WHERE rolname = %s", (role,)):
+        return
+    grant = sql.SQL("GRANT {} TO CURRENT_USER WITH ADMIN OPTION").format(
+        sql.Identifier(role)).as_string(conn)
+    raise PermissionDenied(f"the admin role lacks ADMIN OPTION on role {role!r}, which "
+                           "PostgreSQL 16+ requires to alter, grant or drop it; nothing was "
+                           "changed", hint=f"as a superuser: {grant} (for this admin)")
+
+
+def check_changeable(conn: psycopg.Connection[Any], role: str, fix: Sequence[str],
+                     powers: AdminPowers) -> None:
+    """REPLICATION and BYPASSRLS: only a superuser may take them away (from PostgreSQL 16 also
+    a role holding the attribute itself). Refuse up front with the statement that fixes it."""
+    from psycopg import sql
+
+    if powers.superuser:
+        return
+    stuck = [f for f in fix
+             if (f == "NOREPLICATION" and not (powers.version >= PG16 and powers.replication))
+             or (f == "NOBYPASSRLS" and not (powers.version >= PG16 and powers.bypassrls))]
+    if stuck:
+        name = sql.Identifier(role).as_string(conn)
+        raise Conflict(f"role {role!r} has {', '.join(f.removeprefix('NO') for f in stuck)}, "
+                       "which the admin role may not take away",
+                       hint=f"as a superuser: ALTER ROLE {name} {' '.join(stuck)}; then run "
+                       "the dbkit command again")
+
+
 # Predefined roles that reach past the application's own database: the server's files and
 # programs, every table of every database, other sessions, the server's own operations.
 SERVER_ACCESS_ROLES = (
@@ -236,19 +332,32 @@ def drop_role_sql(name: str, *, if_exists: bool = False) -> sql.Composed:
                                             sql.Identifier(name))
 
 
-def grant_to_admin_sql(role: str) -> sql.Composed:
-    """A non-superuser admin (CREATEROLE, as on managed services) must be a member of a role
-    to create a database owned by it and to set defaults for it."""
+def grant_to_admin_sql(role: str, version: int) -> sql.Composed:
+    """A non-superuser admin (CREATEROLE, as on managed services) must have a role's privileges
+    to create a database owned by it, alter, rename or drop that database and end its sessions.
+    From PostgreSQL 16 the grant says so explicitly: the membership its creator got by itself
+    may carry neither (``createrole_self_grant``), and the admin may be NOINHERIT."""
     from psycopg import sql
 
-    return sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role))
+    tail = " WITH INHERIT TRUE, SET TRUE" if version >= PG16 else ""
+    return sql.SQL("GRANT {} TO CURRENT_USER{}").format(sql.Identifier(role), sql.SQL(tail))
 
 
 def admin_is_member(conn: psycopg.Connection[Any], role: str) -> bool:
-    """Superuser, or already a member of ``role``."""
-    return bool(value(conn, "SELECT rolsuper OR EXISTS (SELECT 1 FROM pg_roles r"
-                      " WHERE r.rolname = %s AND pg_has_role(current_user, r.oid, 'MEMBER'))"
-                      " FROM pg_roles WHERE rolname = current_user", (role,)))
+    """Superuser, or already holding ``role``'s privileges (USAGE: ownership checks and ending
+    its sessions need them, mere membership is not enough) and, from PostgreSQL 16, the right
+    to SET ROLE to it (CREATE DATABASE … OWNER needs that). On 16 a CREATEROLE admin is a
+    member of every role it created, often with neither."""
+    # 'SET' is a privilege name only from 16 on (15 rejects it): two fixed queries.
+    query = ("SELECT rolsuper OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = %s"
+             " AND pg_has_role(current_user, r.oid, 'USAGE')"
+             " AND pg_has_role(current_user, r.oid, 'SET'))"
+             " FROM pg_roles WHERE rolname = current_user"
+             if conn.info.server_version >= PG16 else
+             "SELECT rolsuper OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = %s"
+             " AND pg_has_role(current_user, r.oid, 'USAGE'))"
+             " FROM pg_roles WHERE rolname = current_user")
+    return bool(value(conn, query, (role,)))
 
 
 # -- databases ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from dbkit import envfile, grants, pg
 from dbkit.admin import maintenance
@@ -59,6 +59,7 @@ class Plan:
     password: str | None = field(default=None, repr=False)  # generated/rotated: goes to .env
     app_password: str | None = field(default=None, repr=False)
     rotated: list[str] = field(default_factory=list)  # roles whose old password stops working
+    powers: pg.AdminPowers | None = None  # the admin's: names what it lacks when refused
 
 
 @dataclass
@@ -104,28 +105,6 @@ def check_name(name: str | None, kind: str) -> str:
     return name
 
 
-def check_admin(conn: psycopg.Connection[Any]) -> None:
-    """The admin may create roles and databases (a superuser, or CREATEROLE + CREATEDB)."""
-    sup, createrole, createdb = row(
-        conn, "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
-        " WHERE rolname = current_user")
-    missing = [p for p, ok in (("CREATEROLE", createrole), ("CREATEDB", createdb)) if not (sup or ok)]
-    if missing:
-        raise PermissionDenied(f"the admin role lacks {' and '.join(missing)}",
-                               hint="use a superuser or a role WITH CREATEROLE CREATEDB "
-                               "in DBKIT_ADMIN_URL")
-
-
-def role_info(conn: psycopg.Connection[Any], role: str) -> dict[str, Any] | None:
-    found = conn.execute(
-        "SELECT rolsuper, rolcanlogin, rolconnlimit, rolcreatedb, rolcreaterole, rolreplication,"
-        " rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-    if found is None:
-        return None
-    keys = ("super", "login", "connlimit", "createdb", "createrole", "replication", "bypassrls")
-    return dict(zip(keys, found, strict=True))
-
-
 def check_password(password: str, where: str) -> str:
     if not password.strip():
         raise ConfigError(f"the password {where} is blank",
@@ -150,8 +129,8 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
         check_name(app_role, "app role")
         if app_role == role:
             raise InvalidName("the app role must differ from the owner role in DATABASE_URL")
-    plan = Plan(database=db, role=role, app_role=app_role)
-    admin = _admin_powers(conn)
+    admin = pg.admin_powers(conn)
+    plan = Plan(database=db, role=role, app_role=app_role, powers=admin)
 
     def add(stmt: sql.SQL | sql.Composed, shown: str | None = None, **kw: Any) -> None:
         plan.steps.append(Step(stmt, shown or stmt.as_string(conn), **kw))
@@ -159,7 +138,7 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
     for name, is_app in ((role, False), (app_role, True)):
         if name is None:
             continue
-        info = role_info(conn, name)
+        info = pg.role_info(conn, name)
         if info and info["super"]:
             raise InvalidName(f"role {name!r} is a superuser; dbkit will not hand it an "
                               "application database", hint="name a dedicated role")
@@ -191,9 +170,11 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
             continue
         plan.existed.append(f"role {name}")
         fix = pg.role_drift(info)
-        _check_changeable(conn, name, fix, admin)
+        pg.check_changeable(conn, name, fix, admin)
         if limit is not None and info["connlimit"] == limit:
             limit = None  # already so: a statement naming it would be a change for nothing
+        if fix or new_pw is not None or limit is not None or not pg.admin_is_member(conn, name):
+            pg.check_manageable(conn, name, admin)  # PostgreSQL 16+: refused before any change
         if fix or new_pw is not None or limit is not None:
             stmt = pg.role_statement(conn, name, exists=True, attributes=fix, password=new_pw,
                                      connection_limit=limit)
@@ -207,7 +188,7 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
                 verify=_no_dangerous(name) if i == len(dangerous) else None)
 
     if not pg.admin_is_member(conn, role):
-        add(pg.grant_to_admin_sql(role))
+        add(pg.grant_to_admin_sql(role, admin.version))
 
     found = conn.execute(
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding),"
@@ -246,42 +227,8 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
     return plan
 
 
-class _Powers(NamedTuple):
-    superuser: bool
-    createrole: bool
-    replication: bool
-    bypassrls: bool
-    version: int
-
-
-def _admin_powers(conn: psycopg.Connection[Any]) -> _Powers:
-    found = row(conn, "SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls,"
-                " current_setting('server_version_num')::int FROM pg_roles"
-                " WHERE rolname = current_user")
-    return _Powers(*found)
-
-
-def _check_changeable(conn: psycopg.Connection[Any], role: str, fix: list[str],
-                      admin: _Powers) -> None:
-    """REPLICATION and BYPASSRLS: only a superuser may take them away (from PostgreSQL 16 also
-    a role holding the attribute itself). Refuse up front with the statement that fixes it."""
-    from psycopg import sql
-
-    if admin.superuser:
-        return
-    stuck = [f for f in fix if (f == "NOREPLICATION" and not (admin.version >= 160000
-                                                              and admin.replication))
-             or (f == "NOBYPASSRLS" and not (admin.version >= 160000 and admin.bypassrls))]
-    if stuck:
-        name = sql.Identifier(role).as_string(conn)
-        raise Conflict(f"role {role!r} has {', '.join(f.removeprefix('NO') for f in stuck)}, "
-                       "which the admin role may not take away",
-                       hint=f"as a superuser: ALTER ROLE {name} {' '.join(stuck)}; then run "
-                       "the dbkit command again")
-
-
 def _check_revocable(conn: psycopg.Connection[Any], role: str, m: pg.Membership,
-                     admin: _Powers) -> None:
+                     admin: pg.AdminPowers) -> None:
     """A membership leading to a superuser or server-access role: revoked by dbkit when the
     admin may revoke it, else refused with the statement that fixes it."""
 
@@ -340,9 +287,10 @@ def apply(plan: Plan, admin: psycopg.Connection[Any], open_target: OpenTarget) -
             target = None
         _undo(admin, done)
         if isinstance(exc, psycopg.Error):
-            raise translate(exc, f"cannot provision database {plan.database!r}", hints={
-                PermissionDenied: "use a superuser or a role WITH CREATEROLE CREATEDB in "
-                "DBKIT_ADMIN_URL; nothing was left behind"}) from None
+            hint = (pg.refused_hint(plan.powers, tail="; nothing was left behind")
+                    if plan.powers else pg.ADMIN_HINT)
+            raise translate(exc, f"cannot provision database {plan.database!r}",
+                            hints={PermissionDenied: hint}) from None
         raise
     finally:
         if target is not None:
@@ -387,7 +335,7 @@ def create(target: Target, admin: DbURL, *, dry_run: bool = False, password: str
     serial = (contextlib.nullcontext() if dry_run
               else pg.serialised(admin, settings, pg.PROVISIONING, "create"))
     with serial, connect(admin, settings, autocommit=True) as conn:
-        check_admin(conn)
+        pg.check_admin(conn)
         plan = plan_create(conn, url, open_target, app_role=app_role, password=password,
                            rotate=rotate, connection_limit=connection_limit,
                            app_password=known_app.password if known_app else None)
@@ -458,7 +406,7 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
     existed: list[str] = []
     kept: list[str] = []
     with connect(admin, settings, autocommit=True) as conn:
-        check_admin(conn)
+        powers = pg.check_admin(conn)
         owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
                              (db,)).fetchone()
         if owner is not None and owner[0] != role:
@@ -468,7 +416,7 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
                            "or drop it by hand")
         doomed: list[str] = []
         for r, kind in roles:  # check first: a dropped database cannot come back
-            info = role_info(conn, r)
+            info = pg.role_info(conn, r)
             if info is None:
                 continue
             if info["super"]:
@@ -477,14 +425,25 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
                 kept.append(r)
                 continue
             _check_droppable(conn, r, db)
+            pg.check_manageable(conn, r, powers)  # PostgreSQL 16+: DROP ROLE needs ADMIN OPTION
             doomed.append(r)
+        if owner is not None and not pg.admin_is_member(conn, role):
+            # Dropping a database takes its owner's privileges: a non-superuser admin that did
+            # not create it (or whose membership was revoked) gets them first.
+            pg.check_manageable(conn, role, powers)
+            stmt = pg.grant_to_admin_sql(role, powers.version)
+            steps.append(stmt.as_string(conn))
+            if not dry_run:
+                _run(conn, stmt, f"cannot take the privileges of role {role!r}", in_use="",
+                     powers=powers)
         if owner is not None:
             existed.append(f"database {db}")
             stmt = pg.drop_database_sql(db, force=force)
             steps.append(stmt.as_string(conn))
             if not dry_run:
                 _run(conn, stmt, f"cannot drop database {db!r}",
-                     in_use="close its connections, or pass --force to terminate them")
+                     in_use="close its connections, or pass --force to terminate them",
+                     powers=powers)
         for r in doomed:
             existed.append(f"role {r}")
             stmt = pg.drop_role_sql(r)
@@ -492,7 +451,7 @@ def drop(target: Target, admin: DbURL, *, force: bool = False, dry_run: bool = F
             if not dry_run:
                 _run(conn, stmt, f"cannot drop role {r!r}",
                      in_use="run DROP OWNED BY in the databases where it owns objects or holds "
-                     "privileges, then dbkit drop again")
+                     "privileges, then dbkit drop again", powers=powers)
     return Result(database=db, role=role, app_role=settings.app_role, created=[],
                   existed=existed, statements=steps, dry_run=dry_run, url=str(url), kept=kept)
 
@@ -518,12 +477,15 @@ def _check_droppable(conn: psycopg.Connection[Any], role: str, db: str) -> None:
                        hint="REASSIGN OWNED / DROP OWNED BY that role there, then dbkit drop again")
 
 
-def _run(conn: psycopg.Connection[Any], stmt: sql.Composed, doing: str, in_use: str) -> None:
-    """One drop; "in use" (sessions, dependent objects) is the conflict it most often meets."""
+def _run(conn: psycopg.Connection[Any], stmt: sql.Composed, doing: str, in_use: str, *,
+         powers: pg.AdminPowers) -> None:
+    """One drop step; "in use" (sessions, dependent objects) is the conflict it most often
+    meets, a refusal is hinted by what this admin lacks."""
     import psycopg
 
     log.info("%s", stmt.as_string(conn))
     try:
         conn.execute(stmt)
     except psycopg.Error as exc:
-        raise translate(exc, doing, hints={Conflict: in_use}) from None
+        raise translate(exc, doing, hints={Conflict: in_use,
+                                           PermissionDenied: pg.refused_hint(powers)}) from None

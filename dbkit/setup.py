@@ -78,10 +78,12 @@ def reset(settings: Settings, admin: DbURL, *, seed: bool = True, env: str | Non
         return _complete(settings, app, seed=seed, started=started)
     scratch, retired = side_name(db, "reset"), side_name(db, "retired")
     server = maintenance(app.admin, db)
+    powers: pg.AdminPowers | None = None  # known once connected: hints a refusal
     # One reset of a database at a time: a second one waits, then makes its own fresh copy.
     try:
         with pg.serialised(server, settings, pg.reset_key(db), "reset"), \
                 connect(server, settings, autocommit=True) as conn:
+            powers = pg.admin_powers(conn)
             for leftover in (scratch, retired):  # from a reset that was killed
                 pg.drop_database(conn, leftover)
             steps = [{"step": "create", "changed": True, "detail": f"built as {scratch}"}]
@@ -94,7 +96,9 @@ def reset(settings: Settings, admin: DbURL, *, seed: bool = True, env: str | Non
                 raise
             pg.drop_database(conn, retired)
     except psycopg.Error as exc:  # the server said no to one of reset's own steps
-        raise translate(exc, f"cannot reset database {db!r}") from None
+        hint = pg.refused_hint(powers) if powers else pg.ADMIN_HINT
+        raise translate(exc, f"cannot reset database {db!r}",
+                        hints={PermissionDenied: hint}) from None
     steps.append({"step": "swap", "changed": True, "detail": f"replaced {db}; old copy dropped"})
     return SetupResult(url=str(app.target.url), env_file=app.env_file, changed=True,
                        steps=steps, seconds=round(time.perf_counter() - started, 3),

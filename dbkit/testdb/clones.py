@@ -94,7 +94,7 @@ class CloneSession:
         self._bg_conn: psycopg.Connection | None = None
         self._next: tuple[Future[None], str] | None = None
         try:
-            with db_errors():
+            with db_errors(self.conn):
                 pg.session_lock(self.conn, _token_key(self.token))
                 self.collected = collect_stale(self.conn, self.token)
                 self.template = ensure_template(self.conn, self.admin, settings, seed=seed)
@@ -143,7 +143,7 @@ class CloneSession:
             self.template = ensure_template(self.conn, self.admin, self.settings, seed=self.seed)
             pg.clone_database(self.conn, self.template.name, name, self.template.owner)
         except psycopg.Error as exc:
-            with db_errors():
+            with db_errors(self.conn):
                 raise exc
         self.alive.add(name)
 
@@ -153,7 +153,7 @@ class CloneSession:
             self._pool.submit(self._bg, drop_job=dbname)
             return
         try:
-            with db_errors():
+            with db_errors(self.conn):
                 pg.drop_database(self.conn, dbname)
         except BaseException:
             self.alive.add(dbname)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def _admin_session(admin: DbURL, settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    with connect(admin, settings, autocommit=True) as conn, db_errors():
+    with connect(admin, settings, autocommit=True) as conn, db_errors(conn):
         yield conn
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbkit import pg
 from dbkit.db import connect, translate
-from dbkit.errors import ConfigError, InvalidName, LockTimeout
+from dbkit.errors import ConfigError, InvalidName, LockTimeout, PermissionDenied
 from dbkit.migrate.commands import migrate
 from dbkit.migrate.files import migrations_dir
 from dbkit.seed import commands as seeding
@@ -130,16 +130,28 @@ def check_prefix(prefix: str, *, allow_reserved: bool = False) -> str:
 
 # -- admin-side steps ------------------------------------------------------------------------
 @contextlib.contextmanager
-def db_errors() -> Iterator[None]:
-    """Driver errors become dbkit's named errors (one line, no traceback)."""
+def db_errors(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
+    """Driver errors become dbkit's named errors (one line, no traceback). ``conn`` is the
+    admin's: a refusal is hinted by what that admin lacks, not with advice it has followed."""
     import psycopg
 
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, "the admin role cannot manage test databases" if isinstance(
-            exc, psycopg.errors.InsufficientPrivilege) else "test database operation failed"
-        ) from None
+        denied = isinstance(exc, psycopg.errors.InsufficientPrivilege)
+        hint = _refused_hint(conn) if denied and conn is not None else None
+        raise translate(exc, "the admin role cannot manage test databases" if denied
+                        else "test database operation failed",
+                        hints={PermissionDenied: hint} if hint else None) from None
+
+
+def _refused_hint(conn: psycopg.Connection[Any]) -> str | None:
+    import psycopg
+
+    try:
+        return pg.refused_hint(pg.admin_powers(conn))
+    except psycopg.Error:  # the connection went with the error: the generic hint then
+        return None
 
 
 @contextlib.contextmanager
@@ -162,14 +174,36 @@ def build_lock(conn: psycopg.Connection[Any], wait_s: int = BUILD_LOCK_WAIT_S) -
 
 
 def ensure_owner(conn: psycopg.Connection[Any], admin: DbURL, owner: str = OWNER) -> None:
-    """The dedicated role: LOGIN, no special rights, the derived password. Call under the lock."""
-    found = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (owner,)).fetchone()
-    if found and found[0]:
+    """The dedicated role: LOGIN, no special rights, the derived password, and the admin
+    holding its privileges (to create, rename and drop its databases). Call under the lock.
+
+    An existing role is converged, naming only the attributes that drifted: a non-superuser
+    admin (managed services) may not name NOSUPERUSER or NOREPLICATION even to keep them so.
+    Every check comes before the first change."""
+    try:
+        powers = pg.check_admin(conn)
+    except PermissionDenied as exc:  # said as every other refusal of the testdb commands is
+        raise PermissionDenied(f"the admin role cannot manage test databases: {exc.message}",
+                               hint=exc.hint) from None
+    info = pg.role_info(conn, owner)
+    if info and info["super"]:
         raise InvalidName(f"role {owner!r} is a superuser; test databases need a plain role")
-    conn.execute(pg.role_statement(conn, owner, exists=found is not None,
-                                   password=owner_password(admin, owner)).sql)
-    if not pg.admin_is_member(conn, owner):
-        conn.execute(pg.grant_to_admin_sql(owner))
+    password = owner_password(admin, owner)
+    member = pg.admin_is_member(conn, owner)
+    fix: list[str] = []
+    if info is not None:
+        fix = pg.role_drift(info)
+        pg.check_changeable(conn, owner, fix, powers)
+        # The password is set again whatever it was: only a superuser can read the verifier.
+        if fix or password is not None or not member:
+            pg.check_manageable(conn, owner, powers)
+        if fix or password is not None:
+            conn.execute(pg.role_statement(conn, owner, exists=True, attributes=fix,
+                                           password=password).sql)
+    else:
+        conn.execute(pg.role_statement(conn, owner, exists=False, password=password).sql)
+    if not member:
+        conn.execute(pg.grant_to_admin_sql(owner, powers.version))
 
 
 def owned(conn: psycopg.Connection[Any], prefix: str, owner: str) -> list[tuple[str, bool]]:
