@@ -1,12 +1,16 @@
 """Connections: the one place that turns a ``DbURL`` into a psycopg connection, the one place
-that turns psycopg's errors into dbkit's named errors, and the one wait for a server."""
+that turns psycopg's errors into dbkit's named errors, the one look at who is in the way of a
+lock, and the one wait for a server."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, LiteralString, NamedTuple, cast
 
 from dbkit.errors import (
@@ -20,7 +24,7 @@ from dbkit.errors import (
     ServerRefused,
     first_line,
 )
-from dbkit.urls import DbURL
+from dbkit.urls import DbURL, mask_secrets
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,6 +37,21 @@ if TYPE_CHECKING:
     Query = LiteralString | bytes | sql.SQL | sql.Composed
 
 log = logging.getLogger("dbkit")
+
+
+class _DriverNotes(logging.Handler):
+    """psycopg logs, as warnings, the errors it ignores while cleaning up after the error being
+    raised anyway: ending a COPY, or rolling back, on a connection already lost. That raised
+    error is the news (dbkit translates it into one line); the notes belong in the debug output,
+    not as a second line on stderr, where Python's last-resort handler would print them since
+    psycopg's logger has no handler of its own."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("psycopg: %s", record.getMessage())
+
+
+if not any(isinstance(h, _DriverNotes) for h in logging.getLogger("psycopg").handlers):
+    logging.getLogger("psycopg").addHandler(_DriverNotes())
 
 
 def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
@@ -173,18 +192,23 @@ def describe(exc: BaseException) -> str:
 
 def translate(exc: BaseException, doing: str, *, within: type[DbkitError] | None = None,
               data: type[DbkitError] | None = None,
-              hints: Mapping[type[DbkitError], str] | None = None) -> DbkitError:
+              hints: Mapping[type[DbkitError], str] | None = None,
+              lost: str | None = None) -> DbkitError:
     """psycopg's ``exc`` as one of dbkit's named errors: ``"<doing>: <the server's message>"``.
 
     ``within``: the operation runs the user's own statements (a migration), so any failure is
     that error, except a lock timeout (exit 9 says "retry later"). ``data``: the error for
     invalid values (SQLSTATE class 22), e.g. bad seed input. ``hints`` overrides the hint of a
-    kind with one that fits the operation.
+    kind with one that fits the operation. ``lost``: what became of the work when the session
+    ended under it (a ConnectError: the connection broke, the server shut down or crashed),
+    added to the message, e.g. "nothing was loaded".
     """
     kind = error_class(exc, within=within, data=data)
     message = describe(exc)
     if kind is ConnectError and not getattr(exc, "sqlstate", None):
         message = f"lost the connection to the server: {message}"
+    if kind is ConnectError and lost:
+        message = f"{message}; {lost}"
     return kind(f"{doing}: {message}", hint=(hints or {}).get(kind))
 
 
@@ -218,6 +242,208 @@ def row(conn: psycopg.Connection[Any], query: Query, params: Params | None = Non
     found = conn.execute(query, params).fetchone()
     assert found is not None, "the query returns exactly one row"
     return tuple(found)
+
+
+# -- who is in the way of a lock -----------------------------------------------------------
+# What the side connection of a LockWatch shows in pg_stat_activity.
+WATCH_APP = "dbkit (lock watch)"
+_WATCH_MIN_MS = 50  # below this a look cannot connect in time: no watch
+_QUERY_SHOWN = 80  # characters of a blocker's query in a one-line error
+_PASSWORD_LITERAL = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A session in the way of a lock, as pg_stat_activity showed it. pid 0 is a prepared
+    transaction; the other fields are None when the session had ended by the time of the look
+    or this role may not see them (without pg_read_all_stats, another role's session shows
+    its name and role only)."""
+
+    pid: int
+    application: str | None
+    user: str | None
+    client: str | None
+    state: str | None
+    xact_s: float | None  # how long its transaction had been open at the look
+    query_s: float | None  # how long since its current (or last) query had started
+    query: str | None  # first line, masked, truncated
+    seen_at: float = 0.0  # time.monotonic() of the look: ages are told as of describe()
+
+    def describe(self) -> str:
+        if not self.pid:
+            return "a prepared transaction (see pg_prepared_xacts)"
+        if self.user is None:
+            return f"server pid {self.pid} (ended since)"
+        parts = [self.application or "no application_name", f"role {self.user}"]
+        if self.state is None:
+            parts.append("details hidden from this role (pg_read_all_stats shows them)")
+            return f"server pid {self.pid} ({', '.join(parts)})"
+        parts.append(f"from {self.client or 'local socket'}")
+        since = time.monotonic() - self.seen_at if self.seen_at else 0.0
+        if self.xact_s is not None:
+            parts.append(f"{self.state}, in its transaction for {self.xact_s + since:.1f}s")
+        elif self.query_s is not None:
+            parts.append(f"{self.state} for {self.query_s + since:.1f}s")
+        else:
+            parts.append(self.state)
+        if self.query:
+            parts.append(f"{'running' if self.state == 'active' else 'last query'}: {self.query}")
+        return f"server pid {self.pid} ({', '.join(parts)})"
+
+
+def shown_query(text: str) -> str:
+    """A query as an error message may quote it: its first line, passwords masked (in URLs and
+    in PASSWORD '...' literals), cut to a length that keeps the message readable."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = _PASSWORD_LITERAL.sub(r"\1'***'", mask_secrets(lines[0] if lines else ""))
+    if len(first) > _QUERY_SHOWN:
+        return first[:_QUERY_SHOWN - 3].rstrip() + "..."
+    return first + (" ..." if len(lines) > 1 else "")
+
+
+def blockers(conn: psycopg.Connection[Any], pid: int) -> tuple[Blocker, ...]:
+    """The sessions in the way of server process ``pid`` (``pg_blocking_pids``: holders of a
+    conflicting lock and those queued before it), each once, in the server's order; empty when
+    it waits for no lock."""
+    found = conn.execute(
+        "SELECT b.pid, a.application_name, a.usename, host(a.client_addr), a.state,"
+        " extract(epoch FROM clock_timestamp() - a.xact_start)::float8,"
+        " extract(epoch FROM clock_timestamp() - a.query_start)::float8,"
+        " left(a.query, 4000)"
+        " FROM unnest(pg_blocking_pids(%s)) WITH ORDINALITY AS b(pid, n)"
+        " LEFT JOIN pg_stat_activity a ON a.pid = b.pid ORDER BY b.n", (pid,)).fetchall()
+    now = time.monotonic()
+    out: dict[int, Blocker] = {}
+    for bpid, app, user, client, state, xact_s, query_s, query in found:
+        out.setdefault(bpid, Blocker(bpid, app, user, client, state, xact_s, query_s,
+                                     shown_query(query) if query else None, now))
+    return tuple(out.values())
+
+
+class _Look:
+    """One watched block's look-out: its thread writes ``seen``; the block reads it after."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.seen: tuple[Blocker, ...] = ()
+        self.timed_out_at: float | None = None  # time.monotonic() when a lock timeout ended it
+
+
+class LockWatch:
+    """Who is in the way when a statement waits for a lock until ``lock_timeout`` ends it.
+
+    Once the lock timeout's error arrives the wait is over and ``pg_blocking_pids`` has nothing
+    to say, so the look happens while the statement still waits::
+
+        watch = LockWatch(url, settings, lock_timeout_ms)
+        with watch.around(conn):      # statements on conn (a block of them is fine)
+            conn.execute(...)
+        ... except LockNotAvailable: watch.blamed(), watch.advice("raise --lock-timeout")
+
+    ``around`` arms a timer that fires shortly before the lock timeout could expire (at
+    ``lock_timeout - min(lock_timeout / 2, 1s)``). A block done by then costs a thread start,
+    nothing more: no side connection. A block still running gets one (same URL and settings,
+    a short connect timeout, application_name ``WATCH_APP``) that records the blockers of
+    ``conn``'s server process, and looks again at the same interval while the block runs: any
+    lock wait long enough to time out is seen at least once, with time to spare. What was seen
+    stays for ``blamed`` and ``advice`` when the block ends in a lock timeout, only if it was
+    seen during that last wait (not an earlier one that got its lock); a look that fails leaves
+    them None (the caller then words the error as before), and never fails the block.
+    """
+
+    def __init__(self, url: DbURL, settings: Settings, lock_timeout_ms: int) -> None:
+        self.settings = settings
+        self.lock_ms = lock_timeout_ms
+        params = tuple(p for p in url.params if p[0] != "application_name")
+        self.side_url = url.with_(params=(*params, ("application_name", WATCH_APP)))
+        self.lead_ms = min(lock_timeout_ms // 2, 1000)  # margin for connecting and looking
+        self._look = _Look()
+
+    @property
+    def seen(self) -> tuple[Blocker, ...]:
+        """Who blocked the wait that ended the last watched block in a lock timeout (empty:
+        no such ending, or nobody seen)."""
+        look = self._look
+        if look.timed_out_at is None:
+            return ()
+        # That wait began lock_timeout before its error: anything seen earlier was in the way
+        # of an earlier wait, which got its lock (the slack is for the round trips).
+        began = look.timed_out_at - self.lock_ms / 1000 - 0.1
+        return look.seen if look.seen and look.seen[0].seen_at >= began else ()
+
+    @contextlib.contextmanager
+    def around(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Watch the statements run on ``conn`` inside the block (see the class docstring)."""
+        self._look = look = _Look()
+        if self.lock_ms < _WATCH_MIN_MS:  # 0: no lock timeout, nothing will time out
+            yield
+            return
+        thread = threading.Thread(target=self._watch, args=(look, conn.info.backend_pid),
+                                  name="dbkit lock watch", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to spare: the block runs unwatched
+            log.debug("no lock watch: %s", exc)
+            thread = None
+        if thread is None:
+            yield
+            return
+        try:
+            yield
+        except BaseException as exc:
+            look.done.set()
+            if isinstance(exc, LockTimeout) or error_class(exc) is LockTimeout:
+                look.timed_out_at = time.monotonic()
+                # a look under way may be the one that sees who is in the way
+                thread.join(self.lead_ms / 1000)
+            raise
+        finally:
+            look.done.set()  # the thread ends by itself, closing its connection if it has one
+
+    def _watch(self, look: _Look, pid: int) -> None:
+        every = (self.lock_ms - self.lead_ms) / 1000
+        if look.done.wait(every):
+            return
+        try:
+            with connect(self.side_url, self.settings, autocommit=True,
+                         timeout_ms=self.lead_ms) as side:
+                side.prepare_threshold = None  # a pooler in transaction mode takes no prepares
+                while not look.done.is_set():
+                    with side.transaction():  # SET LOCAL: nothing left on a pooled connection
+                        side.execute("SELECT set_config('statement_timeout', %s, true)",
+                                     (f"{max(self.lead_ms, 10)}ms",))
+                        found = blockers(side, pid)
+                    if found:  # a look after the wait ended sees none: keep what the wait showed
+                        look.seen = found
+                    if look.done.wait(every):
+                        return
+        except Exception as exc:  # the look is a courtesy: the statement's own error is the news
+            log.debug("could not look at who blocks server pid %s: %s", pid, exc)
+
+    def blamed(self) -> str | None:
+        """``"blocked by server pid 4711 (app, role, from, state and age, query)"``, or None."""
+        seen = self.seen
+        if not seen:
+            return None
+        shown = [b.describe() for b in seen[:3]]
+        if len(seen) > 3:
+            shown.append(f"{len(seen) - 3} more")
+        listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+        return f"blocked by {listed}"
+
+    def advice(self, raise_it: str) -> str | None:
+        """A hint naming what to do about the blockers seen, ending "; or <raise_it>"; None
+        when none were seen."""
+        seen = self.seen
+        if not seen:
+            return None
+        pids = [b.pid for b in seen if b.pid]
+        if not pids:
+            return ("finish the prepared transaction (COMMIT PREPARED or ROLLBACK PREPARED, see "
+                    f"pg_prepared_xacts), then retry; or {raise_it}")
+        ends = ", ".join(f"pg_terminate_backend({p})" for p in pids[:3])
+        who, it = ("that session", "it") if len(pids) == 1 else ("those sessions", "them")
+        return f"end {who} with SELECT {ends}, or wait for {it} to finish, then retry; or {raise_it}"
 
 
 # -- the one wait ---------------------------------------------------------------------------

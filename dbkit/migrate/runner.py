@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbkit.db import connect, describe, error_class, server_said, value
+from dbkit.db import LockWatch, connect, describe, error_class, server_said, value
 from dbkit.errors import ConfigError, ConnectError, DbkitError, LockTimeout, MigrationError
 from dbkit.migrate import bookkeeping
 from dbkit.migrate.bookkeeping import Recorder
@@ -65,6 +65,9 @@ class Runner:
         # PostgreSQL 14+ notices a vanished client during a long statement: a killed dbkit's
         # migration stops within a second instead of running on, holding its locks.
         self.check_client = conn.info.server_version >= 140000
+        # Who is in the way when a statement waits for a lock: the lock timeout's error alone
+        # cannot say (the wait is over by then).
+        self.watch = LockWatch(url, settings, timeouts.lock_ms)
 
     def prepare(self, files: list[MigrationFile]) -> bookkeeping.State:
         """Under the lock: bookkeeping tables, leftovers of killed runs, yoyo-applied checksums."""
@@ -176,14 +179,15 @@ class Runner:
             if mf.transactional:
                 with self.conn.transaction():
                     self._set_local_timeouts()
-                    for current in stmts:
-                        self._exec(mf, current)
-                        self._still_in(mf, path, current, self.conn, in_transaction=True)
+                    with self.watch.around(self.conn):
+                        for current in stmts:
+                            self._exec(mf, current)
+                            self._still_in(mf, path, current, self.conn, in_transaction=True)
                     current = None
                     bookkeeping.record(self.conn, mf, direction)
                     ms = self.recorder.finish(entry, "ok")
             else:
-                with self._autocommit_conn(mf) as own:
+                with self._autocommit_conn(mf) as own, self.watch.around(own):
                     for current in stmts:
                         self._exec(mf, current, own)
                         self._still_in(mf, path, current, own, in_transaction=False)
@@ -193,7 +197,7 @@ class Runner:
                     bookkeeping.record(self.conn, mf, direction)
                     ms = self.recorder.finish(entry, "ok")
         except psycopg.Error as exc:
-            err = _error(mf, path, current, exc, self.timeouts, direction)
+            err = _error(mf, path, current, exc, self.timeouts, direction, self.watch)
             self._failed(entry, err)
             raise err from None
         except DbkitError as err:
@@ -265,9 +269,10 @@ class Runner:
 
 
 def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception,
-           timeouts: Timeouts, direction: str) -> DbkitError:
+           timeouts: Timeouts, direction: str, watch: LockWatch) -> DbkitError:
     """A failed migration statement, named by file:line:column, with what became of the work
-    (the kind of error is the one translator's: ``dbkit.db.error_class``)."""
+    (the kind of error is the one translator's: ``dbkit.db.error_class``) and, for a lock
+    timeout, who was in the way (``watch`` looked while the statement waited)."""
     import psycopg
 
     said = server_said(exc)
@@ -284,11 +289,13 @@ def _error(mf: MigrationFile, path: Path, stmt: Statement | None, exc: Exception
     detail = f"; {said.detail}" if said.detail else ""
     kind = error_class(exc, within=MigrationError)
     if kind is LockTimeout:
+        blamed = watch.blamed()
         return LockTimeout(
             f"{where}: gave up waiting {timeouts.lock_ms / 1000:g}s (lock_timeout) for a lock: "
-            f"{primary}; {kept}",
-            hint="a long-running transaction holds a lock this migration needs; find it in "
-            "pg_stat_activity and retry, or raise --lock-timeout")
+            f"{primary}; {blamed + '; ' if blamed else ''}{kept}",
+            hint=watch.advice("raise --lock-timeout") or "a long-running transaction holds a "
+            "lock this migration needs; find it in pg_stat_activity and retry, or raise "
+            "--lock-timeout")
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return kind(f"{where}: {primary} (statement_timeout {timeouts.statement_ms / 1000:g}s);"
                     f" {kept}", hint="raise --statement-timeout / DBKIT_STATEMENT_TIMEOUT, or "

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, LiteralString
 
-from dbkit.db import connect, translate, value
+from dbkit.db import LockWatch, connect, error_class, translate, value
 from dbkit.errors import (
     ConfigError,
     Conflict,
+    ConnectError,
     DataError,
     LockTimeout,
     PermissionDenied,
@@ -173,15 +174,22 @@ def check_counts(users: int, posts: int, votes: int) -> None:
 def session(target: Target, dry_run: bool = False) -> Iterator[psycopg.Connection[Any]]:
     """A connection as the DATABASE_URL role, schema checked, tables locked, in a transaction
     that commits when the block ends (rolls back on any error, or always when ``dry_run``).
-    Waits for the table locks as long as DBKIT_LOCK_TIMEOUT says (0: as long as it takes)."""
+    Waits for the table locks as long as DBKIT_LOCK_TIMEOUT says (0: as long as it takes), and
+    when that runs out names the session in the way. A connection lost on the way (the server
+    stopped or crashed) is ConnectError saying what became of the seed: nothing, unless it went
+    during COMMIT."""
     import psycopg
 
+    wait_ms = target.settings.lock_timeout_ms
+    # The table locks, and the stronger ones the constraint rebuild takes, may wait on another
+    # session until lock_timeout: the watch sees who that is while the seed still waits.
+    watch = LockWatch(target.url, target.settings, wait_ms)
+    committing = False
     with connect(target.url, target.settings) as conn:
-        check_schema(conn, target)
         try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                             [f"{target.settings.lock_timeout_ms}ms"])
+            check_schema(conn, target)
+            with watch.around(conn), conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{wait_ms}ms"])
                 conn.execute("SET LOCAL TimeZone = 'UTC'")
                 conn.execute("LOCK TABLE users, posts, votes IN SHARE ROW EXCLUSIVE MODE")
                 # Sequences ignore rollbacks (nextval for rows without ids, our setval): a dry
@@ -192,12 +200,27 @@ def session(target: Target, dry_run: bool = False) -> Iterator[psycopg.Connectio
                     for seq, last, called in before:
                         conn.execute("SELECT setval(%s::regclass, %s, %s)", [seq, last, called])
                     raise psycopg.Rollback()
+                committing = True  # the block's end sends COMMIT
         except psycopg.Error as exc:
-            raise translate(exc, f"cannot seed {target.dbname}", data=DataError, hints={
+            doing = f"cannot seed {target.dbname}"
+            blamed = watch.blamed()
+            if blamed and error_class(exc) is LockTimeout:
+                raise LockTimeout(
+                    f"{doing}: gave up waiting {wait_ms / 1000:g}s (DBKIT_LOCK_TIMEOUT) for a "
+                    f"table lock: {blamed}; nothing was loaded",
+                    hint=watch.advice("raise DBKIT_LOCK_TIMEOUT")) from None
+            # A session that ends before COMMIT commits nothing: the server rolls back what it
+            # had (at once, or in crash recovery when the server itself went down). One lost
+            # during COMMIT may have committed or not, and only the tables can say.
+            lost = ("it went during COMMIT, so the seed may or may not have been kept: count "
+                    "the rows before seeding again" if committing else
+                    "nothing was loaded (the server rolls back an unfinished seed)")
+            raise translate(exc, doing, data=DataError, lost=lost, hints={
                 PermissionDenied: "seed as the role that owns the tables (dbkit create)",
                 LockTimeout: f"another session held the tables for longer than "
-                f"{target.settings.lock_timeout_ms / 1000:g}s (DBKIT_LOCK_TIMEOUT); retry later",
+                f"{wait_ms / 1000:g}s (DBKIT_LOCK_TIMEOUT); retry later",
                 Conflict: "nothing was loaded; remove the conflicting rows and retry",
+                ConnectError: "when the server is back (dbkit wait), run the seed again",
             }) from None
 
 

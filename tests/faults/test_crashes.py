@@ -1,4 +1,5 @@
-"""Crashes: SIGKILL at a random moment during ``dbkit migrate``, ``dbkit seed`` and ``dbkit reset``.
+"""Crashes: SIGKILL at a random moment during ``dbkit migrate``, ``dbkit seed`` and ``dbkit reset``;
+and the server itself going down (``pg_ctl stop -m immediate``) under a big seed.
 
 Moments come from a seeded ``random.Random`` (reproducible), uniform over the time an
 uninterrupted run of the same command takes on this machine (measured first), so kills land
@@ -12,20 +13,28 @@ complete. 2 rounds each by default, 20 with
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import LiteralString
 
 import psycopg
 import pytest
-from cluster import unique_name
+from cluster import fast_tmp, unique_name
 from helpers import clean_env
 from psycopg import sql
+
+from dbkit.server import LocalServer
+from dbkit.urls import DbURL
 
 pytestmark = pytest.mark.faults
 
@@ -316,3 +325,122 @@ def test_sigkill_during_reset_leaves_the_old_database_or_the_new_one(app, admin_
             (side_name(app.db, "reset"), side_name(app.db, "retired"))).fetchone()[0] == 0
     print(f"reset crashes: {rounds} rounds (full run {full:.2f}s); {dict(outcomes)}; "
           "name without a whole database: 0")
+
+
+# -- the server going down mid-seed ---------------------------------------------------------
+# Per phase: a million rows to stop in the middle of; fewer to reach the later phases sooner
+# (still enough for the load to put keys aside: dbkit.seed.bulk.DEFER_MIN_ROWS).
+BIG_SEED = {"copy": ["seed", "--users", "10000", "--posts", "1000000", "--seed", "5", "--append"],
+            "rebuild": ["seed", "--users", "10000", "--posts", "200000", "--seed", "5",
+                        "--append"],
+            "commit": ["seed", "--users", "10000", "--posts", "60000", "--seed", "5", "--append"]}
+
+
+@pytest.fixture
+def private_server() -> Iterator[LocalServer]:
+    """A cluster of this test's own, to stop under a running seed (the shared test server is
+    never stopped): tests/cluster.py's throwaway cluster, kept as a LocalServer to stop and
+    start it."""
+    base = Path(tempfile.mkdtemp(prefix="dbkit-crash-", dir=fast_tmp()))
+    os.chmod(base, 0o711)  # as root the server runs as 'postgres', which must reach its data
+    server = LocalServer(base / "cluster", fast=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+        with contextlib.suppress(OSError):
+            base.rmdir()
+
+
+def _in_phase(watch: psycopg.Connection, phase: str) -> bool:
+    """Whether the seed's session is in ``phase``, as the server's views show it (``watch``: an
+    admin's session in the seeded database)."""
+    query: LiteralString
+    if phase == "copy":  # well into the posts
+        query = ("SELECT count(*) FROM pg_stat_progress_copy WHERE datname = current_database()"
+                 " AND relid = 'posts'::regclass AND tuples_processed >= 200000")
+    elif phase == "rebuild":  # the keys put aside for the load: after COPY, before COMMIT
+        query = ("SELECT count(*) FROM pg_stat_progress_create_index"
+                 " WHERE datname = current_database()")
+    else:  # COMMIT, held up by SLOW_COMMIT's trigger
+        query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND state = 'active' AND query = 'COMMIT'")
+    return bool(watch.execute(query).fetchone()[0])
+
+
+# A deferred trigger that keeps the seed's COMMIT busy (once) before anything is committed.
+SLOW_COMMIT = """
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('test.slept', true) IS DISTINCT FROM 'yes' THEN
+    PERFORM set_config('test.slept', 'yes', true);
+    PERFORM pg_sleep(30);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON users DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION slow_commit();
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["copy", "rebuild", "commit"])
+def test_server_stopped_mid_seed_is_one_line_exit_4_and_keeps_nothing(private_server, tmp_path,
+                                                                      phase):
+    """``pg_ctl stop -m immediate`` (a crash, to the server's data) while ``dbkit seed`` streams
+    a million rows, rebuilds the keys it put aside, or commits: one line, exit 4 (the connection
+    was lost; nothing was loaded, or, lost during COMMIT, that it may or may not have been
+    kept), and once the server is back the tables hold what they held before, every constraint
+    in place."""
+    admin = private_server.admin_url()
+    role, db, password = unique_name("role"), unique_name("db"), unique_name("pw")
+    with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db),
+                                                                   sql.Identifier(role)))
+    url = DbURL(user=role, password=password, host=admin.host, port=admin.port, dbname=db)
+    env = clean_env(DATABASE_URL=url.render(reveal=True), DBKIT_ADMIN_URL=admin.render(reveal=True))
+    for args in (["migrate"], ["seed", "--users", "20", "--posts", "30", "--votes", "40"]):
+        done = subprocess.run([sys.executable, "-m", "dbkit", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    if phase == "commit":
+        with psycopg.connect(autocommit=True, **admin.connect_kwargs(dbname=db)) as conn:
+            conn.execute(SLOW_COMMIT)
+    with psycopg.connect(**url.connect_kwargs()) as conn:
+        before, catalog = _counts(conn), _catalog(conn)
+    assert before == (20, 30, 40)
+
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "dbkit", *BIG_SEED[phase]], cwd=tmp_path,
+                            env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with psycopg.connect(autocommit=True, **admin.connect_kwargs(dbname=db)) as watch:
+            while not _in_phase(watch, phase):
+                assert proc.poll() is None, f"the seed ended (exit {proc.returncode}) first"
+                assert time.monotonic() - started < 60, f"no {phase} within 60s"
+                time.sleep(0.01)
+        stopped_at = time.monotonic() - started
+        private_server.stop("immediate")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, (proc.returncode, err)
+    assert err.count("\n") == 1 and "Traceback" not in err and not out, err
+    assert err.startswith(f"dbkit: error: cannot seed {db}: lost the connection to the server")
+    if phase == "commit":
+        assert "during COMMIT, so the seed may or may not have been kept" in err
+    else:
+        assert "nothing was loaded" in err
+    assert "run the seed again" in err
+    private_server.start()
+    with psycopg.connect(**url.connect_kwargs()) as conn:
+        assert _counts(conn) == before  # 0 new rows: the seed was all or nothing
+        assert _catalog(conn) == catalog
+        assert _sequences_ahead(conn)
+    print(f"server stopped {stopped_at:.2f}s into the seed ({phase}): exit 4, one line, "
+          "0 new rows after restart")
