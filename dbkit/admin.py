@@ -116,7 +116,7 @@ def maintenance(admin: DbURL, dbname: str) -> DbURL:
 
 def project_server(settings: Settings) -> LocalServer:
     """This project's own local PostgreSQL (it may not exist yet)."""
-    return LocalServer(settings.data_dir, settings.pg_bin)
+    return LocalServer(settings.data_dir, settings.pg_bin, pg_search=settings.pg_search)
 
 
 def start_project_server(settings: Settings) -> DbURL:

@@ -39,21 +39,27 @@ GET_BINARIES = ("install PostgreSQL (apt-get install postgresql / brew install p
                 "pip install 'dbkit[embedded]', or set DBKIT_PG_BIN to its bin directory")
 
 
-def find_pg_bin(configured: Path | None = None) -> Path:
-    """Locate a directory with initdb, pg_ctl and postgres, in the documented order."""
+SEARCH = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin",
+          "/usr/local/opt/postgresql@*/bin")  # DBKIT_PG_SEARCH's default
+
+
+def find_pg_bin(configured: Path | None = None, search: tuple[str, ...] | None = None) -> Path:
+    """Locate a directory with initdb, pg_ctl and postgres, in the documented order: the
+    configured one (DBKIT_PG_BIN), pg_config's, PATH's, the highest match of each of
+    ``search``'s globs (DBKIT_PG_SEARCH; default ``SEARCH``), then the embedded extra's."""
     if configured:
         d = configured
         if not _has_binaries(d):
             raise ServerError(f"DBKIT_PG_BIN={configured} does not contain initdb and pg_ctl",
                               hint="point DBKIT_PG_BIN at PostgreSQL's bin directory")
         return d
-    for candidate in _candidates():
+    for candidate in _candidates(SEARCH if search is None else search):
         if candidate and _has_binaries(candidate):
             return candidate
     raise ServerError("no PostgreSQL server binaries (initdb, pg_ctl) found", hint=GET_BINARIES)
 
 
-def _candidates() -> Iterator[Path]:  # later candidates cost more: stop at the first hit
+def _candidates(search: tuple[str, ...]) -> Iterator[Path]:  # later ones cost more: stop at a hit
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -64,9 +70,9 @@ def _candidates() -> Iterator[Path]:  # later candidates cost more: stop at the 
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if initdb and pg_ctl and Path(initdb).parent == Path(pg_ctl).parent:
         yield Path(initdb).parent
-    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin",
-                    "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin"):
-        yield from sorted((Path(p) for p in glob.glob(pattern)), key=_version_key, reverse=True)
+    for pattern in search:
+        yield from sorted((Path(p) for p in glob.glob(os.path.expanduser(pattern))),
+                          key=_version_key, reverse=True)
     yield from embedded_candidates()
 
 
@@ -123,6 +129,7 @@ class LocalServer:
     data_dir: Path
     pg_bin: Path | None = None
     fast: bool = False  # throwaway clusters: no fsync, immediate shutdown
+    pg_search: tuple[str, ...] | None = None  # DBKIT_PG_SEARCH (None: find_pg_bin's default)
 
     # -- paths and recorded state -----------------------------------------------------
     @property
@@ -166,7 +173,7 @@ class LocalServer:
         st = self.state()
         if not self.pg_bin and st.get("bin") and _has_binaries(Path(st["bin"])):
             return Path(st["bin"])  # cached: pg_config costs a process per command
-        return find_pg_bin(self.pg_bin)
+        return find_pg_bin(self.pg_bin, self.pg_search)
 
     # -- OS user ----------------------------------------------------------------------
     def _run_as(self) -> pwd.struct_passwd | None:

@@ -55,6 +55,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DBKIT_DATA_DIR", "data_dir", None, ".dbkit",
              "where dbkit's own local PostgreSQL keeps its data"),
     Variable("DBKIT_PG_BIN", "pg_bin", None, None, "directory holding initdb/pg_ctl/postgres"),
+    Variable("DBKIT_PG_SEARCH", "pg_search", None, None,
+             "where to look for PostgreSQL's bin directory when DBKIT_PG_BIN is unset, after "
+             "pg_config and PATH: directory globs separated by ':' (default: the usual system "
+             "locations); the dbkit[embedded] extra's binaries are always tried last"),
     Variable("DBKIT_LOCK_TIMEOUT", "lock_timeout", "--lock-timeout", "5s",
              "how long to wait for the migration lock and for table locks"),
     Variable("DBKIT_STATEMENT_TIMEOUT", "statement_timeout", "--statement-timeout", "0",
@@ -99,6 +103,8 @@ class Settings:
     env: Env = "development"
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".dbkit")
     pg_bin: Path | None = None
+    # DBKIT_PG_SEARCH: directory globs searched for binaries (None: dbkit.server's defaults)
+    pg_search: tuple[str, ...] | None = None
     lock_timeout_ms: int = 5000
     statement_timeout_ms: int = 0
     connect_timeout_ms: int = 5000
@@ -192,6 +198,9 @@ def _parse(raw: Mapping[str, tuple[str, str] | None], cwd: Path) -> dict[str, An
     for key in ("migrations", "data_dir", "pg_bin"):
         item = raw[key]
         out[key] = _path(item[0], cwd) if item else None
+    search = raw["pg_search"]
+    out["pg_search"] = (tuple(p for p in search[0].split(os.pathsep) if p.strip())
+                        if search else None)
     env_item = raw["env"]
     assert env_item is not None  # it has a default
     if env_item[0] not in ENVS:

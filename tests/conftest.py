@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
-from cluster import drop_everything, throwaway_cluster, unique_name
+from cluster import chosen_pg_bin, drop_everything, throwaway_cluster, unique_name
 
 from dbkit.cli import run
 from dbkit.urls import DbURL
@@ -132,6 +132,28 @@ def created(app: App) -> App:
     r = app.cli("create")
     assert r.code == 0, r.output
     return app
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With a major chosen (DBKIT_TEST_PG_MAJOR / DBKIT_TEST_PG_BIN), its bin directory goes
+    first on PATH: dbkit's own discovery (pg_config on PATH first) then finds the same major in
+    every test, in-process and in the dbkit processes tests start (their local servers, pg_dump,
+    psql), not only in the throwaway cluster."""
+    bin_dir = chosen_pg_bin()
+    if bin_dir is not None:
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[0] != str(bin_dir):
+            os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from dbkit.server import binary_major, find_pg_bin
+
+    try:
+        bin_dir = chosen_pg_bin() or find_pg_bin()
+        return f"PostgreSQL {binary_major(bin_dir)}: {bin_dir}"
+    except Exception as exc:  # noqa: BLE001 - a header must not stop the run
+        return f"PostgreSQL binaries: {exc}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

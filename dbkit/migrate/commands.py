@@ -439,7 +439,7 @@ def dump(target: Target, file: Path | None = None) -> DumpResult:
     settings, url = target.settings, target.migrate_url
     with _reader(url, settings) as conn:  # a clear error for a wrong URL, before pg_dump
         applied = [a.id for a in read_state(conn).applied]
-    pg_dump = find_pg_bin(settings.pg_bin) / "pg_dump"
+    pg_dump = find_pg_bin(settings.pg_bin, settings.pg_search) / "pg_dump"
     if not pg_dump.exists():
         raise ServerError(f"no pg_dump next to initdb in {pg_dump.parent}", hint=GET_BINARIES)
     kw = url.connect_kwargs()
