@@ -22,6 +22,7 @@ from dbkit.errors import (
     LockTimeout,
     PermissionDenied,
     ServerRefused,
+    UnsupportedServer,
     first_line,
 )
 from dbkit.urls import DbURL, mask_secrets
@@ -66,7 +67,7 @@ def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
     shown = url.with_(params=tuple(p for p in url.params if p[0] != "application_name"))
     log.debug("connecting to %s", shown)
     try:
-        return psycopg.connect(autocommit=autocommit, **cast("dict[str, Any]", kw))
+        conn = psycopg.connect(autocommit=autocommit, **cast("dict[str, Any]", kw))
     except psycopg.OperationalError as exc:
         if _BAD_OPTION_VALUE.search(str(exc)):  # libpq refused the URL itself: no server involved
             raise ConfigError(f"invalid connection option in {shown}: {first_line(exc)}") from None
@@ -76,6 +77,25 @@ def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
         raise err from None
     except psycopg.ProgrammingError as exc:  # e.g. an unknown query parameter in the URL
         raise ConfigError(f"invalid connection option in {shown}: {first_line(exc)}") from None
+    try:
+        check_version(conn.info.server_version, shown)
+    except UnsupportedServer:
+        conn.close()
+        raise
+    return conn
+
+
+OLDEST_SUPPORTED = 130000  # PostgreSQL 13; older majors no longer get fixes (nor are tested)
+
+
+def check_version(num: int, url: DbURL) -> None:
+    """Refuse a server older than the oldest supported major, before anything is done there:
+    dbkit's statements (and its tests) assume what 13 and later offer."""
+    if num < OLDEST_SUPPORTED:
+        major = num // 10000 if num >= 100000 else f"{num // 10000}.{num // 100 % 100}"
+        raise UnsupportedServer(
+            f"the server at {url} runs PostgreSQL {major}; dbkit supports "
+            f"{OLDEST_SUPPORTED // 10000} and later")
 
 
 _BAD_OPTION_VALUE = re.compile(r"invalid [a-z_]+ value")

@@ -42,6 +42,12 @@ class ConnectError(DbkitError):
     hint = "check the server is running and the URL is right (try: dbkit wait)"
 
 
+class UnsupportedServer(ConnectError):
+    """The server's major version is older than dbkit supports."""
+
+    hint = "upgrade the server (PostgreSQL 15, 17 and 18 are tested)"
+
+
 class PermissionDenied(DbkitError):
     """The connected role lacks a privilege the operation needs."""
 

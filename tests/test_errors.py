@@ -91,3 +91,17 @@ def test_hints_fit_the_operation(scratch):
     err = translate(exc, "loading", hints={Conflict: "remove the conflicting rows"})
     assert err.hint == "remove the conflicting rows"
     assert translate(exc, "loading").hint == Conflict.hint
+
+
+@pytest.mark.parametrize("num,shown", [(120017, "PostgreSQL 12;"), (90624, "PostgreSQL 9.6;")])
+def test_a_server_older_than_the_oldest_supported_major_is_refused(num, shown):
+    from dbkit.db import check_version
+    from dbkit.errors import UnsupportedServer
+    from dbkit.urls import DbURL
+
+    url = DbURL.parse("postgresql://u:hush@h/d")
+    with pytest.raises(UnsupportedServer) as caught:
+        check_version(num, url)
+    assert shown in caught.value.message and "13 and later" in caught.value.message
+    assert caught.value.exit_code == 4 and "hush" not in caught.value.message
+    check_version(130000, url)  # the oldest supported passes
