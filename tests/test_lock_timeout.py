@@ -128,6 +128,16 @@ def one_line_exit_9(r) -> str:
     return r.err
 
 
+def migrate_while_held(app, migrations, holder, *args: str):  # noqa: ANN001, ANN201
+    """Run the migration with ``holder`` in the way (closed afterwards); (result, holder pid)."""
+    pid = holder.info.backend_pid
+    try:
+        return app.cli("migrate", "--migrations", str(migrations), "--lock-timeout", "1s",
+                       *args), pid
+    finally:
+        holder.close()
+
+
 def applied(app) -> list[str]:
     with app.connect() as conn:
         return [r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY 1")]
@@ -169,11 +179,7 @@ def test_a_weaker_conflicting_lock_is_named_too(migrated, posts_plus_one):
     update = ("UPDATE posts SET title = title WHERE id = -1 AND title <> "  # noqa: S608 - fixed text
               f"'{'x' * 100}'\n  AND content IS NOT NULL")
     holder = blocker(migrated, update)
-    pid = holder.info.backend_pid
-    try:
-        r = migrated.cli("migrate", "--migrations", str(posts_plus_one), "--lock-timeout", "1s")
-    finally:
-        holder.close()
+    r, pid = migrate_while_held(migrated, posts_plus_one, holder)
     err = one_line_exit_9(r)
     assert f"server pid {pid} (blocker, role {migrated.role}" in err
     assert "last query: UPDATE posts SET title = title WHERE id = -1 AND title <> 'xxx" in err
@@ -185,11 +191,7 @@ def test_a_blockers_query_is_shown_with_its_secrets_masked(migrated, posts_plus_
     holder = blocker(migrated, "LOCK TABLE posts IN SHARE MODE")
     holder.execute("SELECT 'postgresql://u:hunter2@db.example/x' AS url,"
                    " 'ALTER ROLE u PASSWORD ''s3cret''' AS stmt")
-    pid = holder.info.backend_pid
-    try:
-        r = migrated.cli("migrate", "--migrations", str(posts_plus_one), "--lock-timeout", "1s")
-    finally:
-        holder.close()
+    r, pid = migrate_while_held(migrated, posts_plus_one, holder)
     err = one_line_exit_9(r)
     assert f"server pid {pid} (blocker" in err
     assert "postgresql://u:***@db.example/x" in err and "PASSWORD '***'" in err
