@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
     from dbkit.settings import Settings
     from dbkit.urls import DbURL
+
+
+log = logging.getLogger("dbkit")
 
 
 @contextlib.contextmanager
@@ -81,13 +85,34 @@ def create(settings: Settings, admin: DbURL, *, count: int = 1, prefix: str = CL
                 pg.drop_database(conn, n)
                 pg.clone_database(conn, tpl.name, n, OWNER)
         except BaseException:  # all N or none: a half-made set is no use to a test run
-            for n in touched:
-                with contextlib.suppress(Exception):
-                    pg.drop_database(conn, n)
+            _undo_clones(admin, settings, conn, touched)
             raise
     urls = [owner_url(admin, n).render(reveal=reveal) for n in names]
     return CreateResult(template=tpl.name, template_built=tpl.built, databases=names, urls=urls,
                         seconds=round(time.perf_counter() - started, 3))
+
+
+def _undo_clones(admin: DbURL, settings: Settings, conn: psycopg.Connection[Any],
+                 names: list[str]) -> None:
+    """Drop what an interrupted create made. A signal can land while a CREATE DATABASE is
+    still running on ``conn``, which the server may then complete after all: end that session
+    first, on a fresh connection, so the drops see everything it made."""
+    pid = conn.info.backend_pid
+    with contextlib.suppress(Exception):
+        conn.close()
+    try:
+        with connect(admin, settings, autocommit=True) as fresh:
+            fresh.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 10
+            while fresh.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                (pid,)).fetchone() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for n in names:
+                with contextlib.suppress(Exception):
+                    pg.drop_database(fresh, n)
+    except Exception as exc:  # report the interruption, not this
+        log.warning("could not drop the test databases this run made (%s): %s",
+                    ", ".join(names), exc)
 
 
 @dataclass
