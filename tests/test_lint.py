@@ -26,6 +26,12 @@ CREATE UNIQUE INDEX u_b_uidx ON u (b);
 ALTER TABLE u ADD CONSTRAINT u_a_nonneg CHECK (a >= 0) NOT VALID;
 INSERT INTO parent VALUES (1), (2);
 INSERT INTO u VALUES (1, 1, 'one', 'x'), (2, 2, 'two', 'y');
+CREATE TYPE mood AS ENUM ('ok');
+CREATE DOMAIN posint AS bigint;
+CREATE MATERIALIZED VIEW uv AS SELECT id FROM u;
+CREATE UNIQUE INDEX uv_id ON uv (id);
+CREATE TABLE pt (x int) PARTITION BY LIST (x);
+CREATE TABLE pt1 PARTITION OF pt FOR VALUES IN (1);
 """
 
 # rule -> (failing example, passing example). Each failing example yields exactly that rule.
@@ -64,6 +70,35 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "lock-table": ("LOCK TABLE u;", "LOCK TABLE u IN SHARE UPDATE EXCLUSIVE MODE;"),
     "concurrently-in-transaction": ("CREATE INDEX CONCURRENTLY u_c_idx ON u (c);",
                                     NT + "CREATE INDEX CONCURRENTLY u_c_idx ON u (c);"),
+    "reindex-not-concurrent": ("REINDEX TABLE u;", NT + "REINDEX TABLE CONCURRENTLY u;"),
+    "exclusion-constraint": (
+        "ALTER TABLE u ADD CONSTRAINT u_a_ex EXCLUDE USING btree (a WITH =);",
+        "CREATE TABLE scratch (x bigint);\n"
+        "ALTER TABLE scratch ADD CONSTRAINT scratch_ex EXCLUDE USING btree (x WITH =);"),
+    "detach-partition-not-concurrent": ("ALTER TABLE pt DETACH PARTITION pt1;",
+                                        NT + "ALTER TABLE pt DETACH PARTITION pt1 CONCURRENTLY;"),
+    "refused-in-transaction": ("VACUUM u;", NT + "VACUUM u;"),
+    "refresh-matview-not-concurrent": ("REFRESH MATERIALIZED VIEW uv;",
+                                       "REFRESH MATERIALIZED VIEW CONCURRENTLY uv;"),
+    "set-tablespace": ("ALTER TABLE u SET TABLESPACE pg_default;",
+                       "CREATE TABLE scratch (x bigint);\n"
+                       "ALTER TABLE scratch SET TABLESPACE pg_default;"),
+    "enum-value-used-in-transaction": (
+        "ALTER TYPE mood ADD VALUE 'meh';\nSELECT 'meh'::mood;",
+        NT + "ALTER TYPE mood ADD VALUE 'meh';\nSELECT 'meh'::mood;"),
+    "update-delete-without-where": ("UPDATE u SET c = 'x';",
+                                    "UPDATE u SET c = 'x' WHERE id BETWEEN 1 AND 1000;"),
+    "rename-schema": ("ALTER SCHEMA app RENAME TO app2;", "CREATE SCHEMA app2;"),
+    "rename-enum-value": ("ALTER TYPE mood RENAME VALUE 'ok' TO 'fine';",
+                          "ALTER TYPE mood ADD VALUE 'fine';"),
+    "drop-database": ("DROP DATABASE old_app;", "SELECT 1;"),
+    "domain-constraint": (
+        "ALTER DOMAIN posint ADD CONSTRAINT posint_pos CHECK (VALUE > 0);",
+        "ALTER DOMAIN posint ADD CONSTRAINT posint_pos CHECK (VALUE > 0) NOT VALID;"),
+    "drop-not-null": ("ALTER TABLE u ALTER COLUMN id DROP NOT NULL;",
+                      "CREATE TABLE scratch (x bigint NOT NULL);\n"
+                      "ALTER TABLE scratch ALTER COLUMN x DROP NOT NULL;"),
+    "add-json-column": ("ALTER TABLE u ADD COLUMN d json;", "ALTER TABLE u ADD COLUMN d jsonb;"),
     "bad-ignore": ("-- dbkit: ignore no-such-rule\nSELECT 1;",
                    "-- dbkit: ignore drop-table\nSELECT 1;"),
     "parse-error": ("CREATE TABLE (;", "SELECT 1;"),
@@ -82,7 +117,10 @@ def test_failing_example(rule: str) -> None:
     assert [f.rule for f in found] == [rule], found
     f = found[0]
     assert f.path == "m.sql" and f.line >= 1 and f.message and f.fix == RULES[rule].fix
-    assert set(f.to_dict()) == {"rule", "path", "line", "message", "fix"}
+    assert set(f.to_dict()) == {"rule", "path", "line", "message", "fix", "severity", "column",
+                                "end_line", "end_column"}
+    assert f.severity == RULES[rule].severity
+    assert f.end_line >= f.line and f.column >= 1
 
 
 @pytest.mark.parametrize("rule", list(EXAMPLES))
@@ -284,3 +322,15 @@ def test_set_not_null_after_a_check_validated_in_a_later_migration(tmp_path) -> 
     assert [f.rule for f in lint_file(tmp_path / "0003_require.sql")] == ["set-not-null"]
     (tmp_path / "0002_check.sql").unlink()  # without the earlier CHECK, a is not proven either
     assert [f.line for f in lint_file(tmp_path / "0003_require.sql")] == [2, 3]
+
+
+def test_cli_warnings_alone_are_shown_but_exit_0(app) -> None:  # noqa: ANN001
+    f = app.cwd / "0001_warn.sql"
+    f.write_text("ALTER TABLE posts ALTER COLUMN title DROP NOT NULL;\n")
+    r = app.cli("lint", str(f))
+    assert r.code == 0, r.output
+    assert "drop-not-null, warning" in r.out
+    f.write_text("ALTER TABLE posts ALTER COLUMN title DROP NOT NULL;\n"
+                 "REINDEX TABLE posts;\n")
+    r = app.cli("lint", str(f))
+    assert r.code == 12 and "1 unsafe statement(s)" in r.err, r.output

@@ -18,7 +18,8 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
 
     PATHS are .sql files or directories (default: the migrations directory); in a directory,
     *.rollback.sql files are skipped. Silence one statement with a comment
-    '-- dbkit: ignore RULE-ID' inside or above it.
+    '-- dbkit: ignore RULE-ID' (or '-- dbkit: ignore[RULE-ID, ...]') inside or above it.
+    Exit 12 when an error-level finding remains; warnings are shown only.
     """
     from dbkit.errors import LintFindings
     from dbkit.lint import engine as linter
@@ -36,9 +37,10 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
         click.echo("\n".join(str(f) for f in findings))
     else:
         click.echo(f"{len(files)} file(s) checked: no unsafe statements")
-    if findings:
-        n_files = len({f.path for f in findings})
-        raise LintFindings(f"{len(findings)} unsafe statement(s) in {n_files} file(s)",
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:  # warnings are shown, never fail the run
+        n_files = len({f.path for f in errors})
+        raise LintFindings(f"{len(errors)} unsafe statement(s) in {n_files} file(s)",
                            hint="rewrite them as each fix says, or add '-- dbkit: ignore RULE-ID' "
                            "where the statement is safe for your data")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from dbkit.errors import ConfigError
 
-_IGNORE = re.compile(r"--\s*dbkit:\s*ignore\s+([A-Za-z0-9_,\s-]+)")
+_IGNORE = re.compile(r"--\s*dbkit:\s*ignore(?:\[([A-Za-z0-9_,\s-]*)\]|\s+([A-Za-z0-9_,\s-]+))")
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,25 @@ class Finding:
     line: int
     message: str  # what happens on a live database
     fix: str  # the safe way to write it
+    severity: str = "error"  # "error" blocks dbkit migrate outside development; "warning" never
+    column: int = 1  # 1-based, of the offending clause
+    end_line: int = 0  # where the statement ends (0: unknown)
+    end_column: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: [{self.rule}] {self.message}\n    fix: {self.fix}"
+        tag = self.rule if self.severity == "error" else f"{self.rule}, warning"
+        return f"{self.path}:{self.line}: [{tag}] {self.message}\n    fix: {self.fix}"
 
 
 def rules() -> list[dict[str, str]]:
     """Every rule: id, title and fix (for ``dbkit lint --rules`` and the docs)."""
     from dbkit.lint.rules import RULES
 
-    return [{"id": r.id, "title": r.title, "fix": r.fix} for r in RULES.values()]
+    return [{"id": r.id, "title": r.title, "fix": r.fix, "severity": r.severity}
+            for r in RULES.values()]
 
 
 def is_transactional(text: str) -> bool:
@@ -55,7 +61,8 @@ def is_transactional(text: str) -> bool:
 
 
 def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
-             earlier: Callable[[], dict[Any, str]] | None = None) -> list[Finding]:
+             earlier: Callable[[], dict[Any, str]] | None = None,
+             earlier_columns: Callable[[], dict[Any, Any]] | None = None) -> list[Finding]:
     """Lint SQL text. ``transactional`` defaults to what the text's yoyo header says;
     ``earlier()`` gives the NOT VALID constraints that earlier migrations left to validate."""
     import pglast
@@ -68,15 +75,18 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
         stmts = pglast.parse_sql(text)
     except parser.ParseError as exc:
         where = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-        return [Finding("parse-error", path, lines.line(where),
+        line, col = lines.position(where)
+        return [Finding("parse-error", path, line,
                         f"cannot parse: {next(iter(exc.args), exc)}",
-                        RULES["parse-error"].fix)]
+                        RULES["parse-error"].fix, "error", col, line, col)]
     comments = [(t.start, text[t.start:t.end + 1]) for t in parser.scan(text)
                 if t.name == "SQL_COMMENT"]
     checker = Checker(transactional=is_transactional(text) if transactional is None
                       else transactional)
     if earlier is not None:
         checker.earlier = earlier
+    if earlier_columns is not None:
+        checker.earlier_columns = earlier_columns
     findings: list[Finding] = []
     prev_end_line = 0
     for raw in stmts:
@@ -87,15 +97,19 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
         ignored, bad = _ignores(comments, lines, prev_end_line + 1 if prev_end_line else 1, last,
                                 start, end)
         prev_end_line = last
+        end_line, end_col = lines.position(max(start, end - 1))
         for name in bad:
             findings.append(Finding("bad-ignore", path, first,
                                     f"'-- dbkit: ignore {name}' names no rule",
-                                    RULES["bad-ignore"].fix))
+                                    RULES["bad-ignore"].fix, "error", lines.position(start)[1],
+                                    end_line, end_col))
         for hit in checker.check(raw.stmt, start):
             if hit.rule in ignored:
                 continue
-            findings.append(Finding(hit.rule, path, lines.line(hit.location), hit.message,
-                                    RULES[hit.rule].fix))
+            rule = RULES[hit.rule]
+            line, col = lines.position(hit.location)
+            findings.append(Finding(hit.rule, path, line, hit.message, rule.fix, rule.severity,
+                                    col, end_line, end_col))
     return findings
 
 
@@ -112,17 +126,20 @@ def lint_file(path: str | Path) -> list[Finding]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc.__class__.__name__}",
                           hint="migration files must be readable UTF-8") from None
-    return lint_sql(text, str(path), earlier=functools.cache(lambda: _left_not_valid(p)))
+    state = functools.cache(lambda: _earlier_state(p))
+    return lint_sql(text, str(path), earlier=lambda: state()[0],
+                    earlier_columns=lambda: state()[1])
 
 
-def _left_not_valid(path: Path) -> dict[Any, str]:
-    """NOT VALID constraints added, and not validated, by the migrations before ``path`` in its
-    directory (yoyo's order: by file name)."""
+def _earlier_state(path: Path) -> tuple[dict[Any, str], dict[Any, Any]]:
+    """What the migrations before ``path`` in its directory (yoyo's order: by file name) left:
+    NOT VALID constraints not validated yet, and the column types they defined."""
     import pglast
 
     from dbkit.lint.rules import Checker
 
     left: dict[Any, str] = {}
+    columns: dict[Any, Any] = {}
     for f in sorted(path.parent.glob("*.sql")):
         if f.name >= path.name:
             break
@@ -132,13 +149,14 @@ def _left_not_valid(path: Path) -> dict[Any, str]:
             stmts = pglast.parse_sql(f.read_text(encoding="utf-8"))
         except Exception:  # an unparsable earlier file is reported when it is linted itself
             continue
-        checker = Checker(transactional=False)
+        checker = Checker(transactional=False, columns=columns)
         checker.earlier = lambda: left
+        checker.earlier_columns = lambda: columns
         for raw in stmts:
             for _hit in checker.check(raw.stmt, raw.stmt_location or 0):
                 pass
         left.update(checker.not_valid)
-    return left
+    return left, columns
 
 
 def migration_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -177,7 +195,8 @@ def _ignores(comments: list[tuple[int, str]], lines: _LineIndex, from_line: int,
         m = _IGNORE.search(comment)
         if not m:
             continue
-        for name in filter(None, (n.strip() for n in re.split(r"[,\s]+", m.group(1)))):
+        listed = m.group(1) if m.group(1) is not None else m.group(2)
+        for name in filter(None, (n.strip() for n in re.split(r"[,\s]+", listed))):
             if name in RULES:
                 ignored.add(name)
             else:
@@ -194,23 +213,32 @@ class _LineIndex:
     def line(self, offset: int) -> int:
         return bisect.bisect_right(self.starts, offset)
 
+    def position(self, offset: int) -> tuple[int, int]:
+        """1-based (line, column)."""
+        line = self.line(offset)
+        return line, offset - self.starts[line - 1] + 1
+
 
 def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = False
          ) -> list[str]:
     """``dbkit migrate``'s check of what is about to run (objects with a ``.path``): findings
     come back as warnings with ``--allow-unsafe`` or in development, else LintFindings.
+    Findings of severity "warning" are only shown, never refuse the run.
     A ``preview`` (dry run) only reports what the real run would do."""
     from dbkit.errors import LintFindings
 
     findings = [f for m in pending if m.path.suffix == ".sql" for f in lint_file(m.path)]
+    warnings = [f"lint warning (never blocks): {f.path}:{f.line}: [{f.rule}] {f.message}"
+                for f in findings if f.severity != "error"]
+    findings = [f for f in findings if f.severity == "error"]
     if not findings:
-        return []
+        return warnings
     allowed = allow_unsafe or env == "development"
     if allowed or preview:
         why = ("the real run would refuse without --allow-unsafe" if not allowed else
                "allowed by --allow-unsafe" if allow_unsafe else "allowed by DBKIT_ENV=development")
         return [f"unsafe on a live database ({why}): {f.path}:{f.line}: [{f.rule}] {f.message}"
-                for f in findings]
+                for f in findings] + warnings
     first = findings[0]
     more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
     raise LintFindings(

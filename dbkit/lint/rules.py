@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast
-from pglast.enums import AlterTableType, ConstrType, NullTestType, ObjectType, ReindexObjectType
+from pglast.enums import (
+    AlterTableType,
+    ConstrType,
+    NullTestType,
+    ObjectType,
+    ReindexObjectType,
+    TransactionStmtKind,
+)
+
+from dbkit.lint.volatility import NON_VOLATILE as _CATALOG_NON_VOLATILE
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,7 @@ class Rule:
     id: str
     title: str
     fix: str
+    severity: str = "error"  # "error" blocks dbkit migrate outside development; "warning" never
 
 
 RULES: dict[str, Rule] = {r.id: r for r in (
@@ -74,14 +84,52 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("concurrently-in-transaction", "CONCURRENTLY inside a transactional migration",
          "put '-- transactional: false' on the first line of the migration and keep the "
          "CONCURRENTLY statement alone in it"),
+    Rule("reindex-not-concurrent", "REINDEX without CONCURRENTLY on an existing table or index",
+         "use REINDEX ... CONCURRENTLY, alone in a migration that starts with "
+         "'-- transactional: false'"),
+    Rule("exclusion-constraint", "ADD ... EXCLUDE constraint on an existing table",
+         "there is no online way to build an exclusion constraint: run it in a maintenance "
+         "window, or create a new table with the constraint and move the rows over"),
+    Rule("detach-partition-not-concurrent", "DETACH PARTITION without CONCURRENTLY",
+         "use ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY (PostgreSQL 14+), alone in a "
+         "migration that starts with '-- transactional: false'"),
+    Rule("refused-in-transaction", "a statement PostgreSQL refuses inside a transaction block",
+         "put '-- transactional: false' on the first line of the migration (VACUUM, REINDEX "
+         "SCHEMA/DATABASE/SYSTEM, CREATE DATABASE ... cannot run in a transaction)"),
+    Rule("refresh-matview-not-concurrent", "REFRESH MATERIALIZED VIEW without CONCURRENTLY",
+         "give the view a unique index and use REFRESH MATERIALIZED VIEW CONCURRENTLY"),
+    Rule("set-tablespace", "ALTER TABLE ... SET TABLESPACE on an existing table",
+         "move the table outside migrations in a maintenance window, or with pg_repack "
+         "--tablespace"),
+    Rule("enum-value-used-in-transaction",
+         "a value added by ALTER TYPE ... ADD VALUE is used in the same transaction",
+         "add the value in one migration and use it in a later one (or make the ADD VALUE "
+         "migration '-- transactional: false')"),
+    Rule("update-delete-without-where", "UPDATE or DELETE without WHERE on an existing table",
+         "backfill or delete in batches (WHERE id BETWEEN ...), each batch its own transaction"),
+    Rule("rename-schema", "RENAME of a schema",
+         "create the new schema, move objects and code over, then drop the old one later"),
+    Rule("rename-enum-value", "RENAME VALUE of an enum type",
+         "add the new value, move the code and the rows over, then stop using the old value"),
+    Rule("drop-database", "DROP DATABASE (destructive)",
+         "drop databases outside migrations (dbkit drop), never from a migration"),
+    Rule("domain-constraint", "ALTER DOMAIN ... ADD CONSTRAINT validated while its lock is held",
+         "add it with NOT VALID, then ALTER DOMAIN ... VALIDATE CONSTRAINT in a later migration"),
+    Rule("drop-not-null", "DROP NOT NULL on an existing column",
+         "make sure no running code relies on the column being NOT NULL, then mark the "
+         "statement '-- dbkit: ignore drop-not-null'", "warning"),
+    Rule("add-json-column", "ADD COLUMN of type json",
+         "use jsonb: json has no equality operator, so SELECT DISTINCT, UNION and GROUP BY over "
+         "the table's rows fail", "warning"),
     Rule("bad-ignore", "'-- dbkit: ignore' names an unknown rule",
          "use one of the rule ids listed by 'dbkit lint --rules'"),
     Rule("parse-error", "the file is not valid PostgreSQL SQL",
          "fix the syntax (the linter uses PostgreSQL's own parser)"),
 )}
 
-# Functions commonly used in DEFAULTs that are not VOLATILE, so PostgreSQL 11+ stores the value
-# once in the catalog instead of rewriting the table. Anything else is treated as volatile.
+# Functions that are not VOLATILE, so PostgreSQL 11+ stores a DEFAULT made of them once in the
+# catalog instead of rewriting the table: the built-ins from pg_proc (dbkit/lint/volatility.py)
+# plus a few SQL-syntax spellings. Anything else is treated as volatile.
 NON_VOLATILE = {
     "now", "statement_timestamp", "transaction_timestamp", "current_date", "localtimestamp",
     "lower", "upper", "btrim", "trim", "length", "char_length", "abs", "round", "md5",
@@ -89,7 +137,7 @@ NON_VOLATILE = {
     "json_build_array", "make_date", "make_interval", "make_timestamp", "make_timestamptz",
     "date_trunc", "to_timestamp", "to_date", "concat", "concat_ws", "format", "replace",
     "substring", "substr", "left", "right", "array_fill", "int8", "int4", "text", "numeric",
-}
+} | _CATALOG_NON_VOLATILE
 SERIAL_TYPES = {"serial", "serial4", "serial2", "serial8", "bigserial", "smallserial"}
 WRITE_BLOCKING_LOCK = 5  # SHARE and stronger conflict with INSERT/UPDATE/DELETE
 
@@ -102,12 +150,18 @@ class Hit:
 
 
 Table = tuple[str, str]  # (schema or "", name)
+ColType = tuple[str, tuple[int, ...]]  # (type name, integer type modifiers), e.g. ("varchar", (50,))
 
 
 def table_key(rv: ast.RangeVar | None) -> Table:
+    """``public.users`` and ``users`` are one table (public is the default search_path)."""
     if rv is None:
         return ("", "")
-    return (rv.schemaname or "", rv.relname or "")
+    return _norm((rv.schemaname or "", rv.relname or ""))
+
+
+def _norm(t: Table) -> Table:
+    return ("" if t[0] == "public" else t[0], t[1])
 
 
 def table_name(t: Table) -> str:
@@ -127,18 +181,102 @@ class Checker:
     # NOT VALID constraints added by earlier migrations, looked up only when this file
     # validates one it did not add (the recommended two-migration pattern for SET NOT NULL)
     earlier: Callable[[], dict[tuple[Table, str], str]] = lambda: {}
+    # column types known from CREATE TABLE / ADD COLUMN / ALTER TYPE: (table, col) -> type
+    columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
+    # the same, left by earlier migrations (looked up only on ALTER COLUMN ... TYPE)
+    earlier_columns: Callable[[], dict[tuple[Table, str], ColType]] = lambda: {}
+    in_block: bool = False  # inside an explicit BEGIN ... COMMIT of a non-transactional file
+    created_types: set[str] = field(default_factory=set)  # enums and domains made in this file
+    new_enum_values: dict[str, str] = field(default_factory=dict)  # value -> type, uncommitted
+
+    @property
+    def in_tx(self) -> bool:
+        return self.transactional or self.in_block
+
+    def block(self) -> str:
+        return ("the explicit BEGIN ... COMMIT block (remove the BEGIN and COMMIT too)"
+                if self.in_block else "a transaction block")
 
     def is_new(self, t: Table) -> bool:
         return any(t[1] == c[1] and (not t[0] or not c[0] or t[0] == c[0]) for c in self.created)
 
     def check(self, stmt: Any, start: int) -> Iterator[Hit]:
+        if self.new_enum_values and not isinstance(stmt, ast.AlterEnumStmt):
+            used = sorted({v for v in _string_constants(stmt) if v in self.new_enum_values})
+            if used:
+                yield Hit("enum-value-used-in-transaction", start,
+                          f"enum value {', '.join(repr(v) for v in used)} was added by ALTER "
+                          "TYPE ... ADD VALUE in this transaction: PostgreSQL refuses to use it "
+                          "before that commits ('unsafe use of new value'), the migration fails")
         handler = getattr(self, f"_{type(stmt).__name__}", None)
         if handler is not None:
             yield from handler(stmt, start)
 
+    # -- transactions, DO blocks ----------------------------------------------------
+    def _TransactionStmt(self, stmt: ast.TransactionStmt, start: int) -> Iterator[Hit]:
+        if stmt.kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START):
+            self.in_block = True
+        elif stmt.kind in (TransactionStmtKind.TRANS_STMT_COMMIT,
+                           TransactionStmtKind.TRANS_STMT_ROLLBACK,
+                           TransactionStmtKind.TRANS_STMT_PREPARE):
+            self.in_block = False
+            if not self.in_tx:
+                self.new_enum_values.clear()
+        return iter(())
+
+    def _DoStmt(self, stmt: ast.DoStmt, start: int) -> Iterator[Hit]:
+        """Statements run by a PL/pgSQL DO block: its static SQL and EXECUTE of a literal."""
+        for inner in _do_statements(stmt):
+            for hit in self.check(inner, start):
+                yield Hit(hit.rule, start, f"in a DO block: {hit.message}")
+
+    # -- types, schemas, databases, domains ---------------------------------------------
+    def _CreateEnumStmt(self, stmt: ast.CreateEnumStmt, start: int) -> Iterator[Hit]:
+        self.created_types.add(_last(stmt.typeName))
+        return iter(())
+
+    def _CreateDomainStmt(self, stmt: ast.CreateDomainStmt, start: int) -> Iterator[Hit]:
+        self.created_types.add(_last(stmt.domainname))
+        return iter(())
+
+    def _AlterEnumStmt(self, stmt: ast.AlterEnumStmt, start: int) -> Iterator[Hit]:
+        typ = _last(stmt.typeName)
+        if typ in self.created_types:
+            return
+        if stmt.oldVal:
+            yield Hit("rename-enum-value", start,
+                      f"renaming value {stmt.oldVal!r} of enum {typ} to {stmt.newVal!r} breaks "
+                      "every running instance of the application that still uses the old value")
+        elif stmt.newVal and self.in_tx:
+            self.new_enum_values[stmt.newVal] = typ
+
+    def _DropdbStmt(self, stmt: ast.DropdbStmt, start: int) -> Iterator[Hit]:
+        yield Hit("drop-database", start,
+                  f"DROP DATABASE {stmt.dbname} deletes all of its data (and PostgreSQL refuses "
+                  "it inside a transaction block)")
+
+    def _CreatedbStmt(self, stmt: ast.CreatedbStmt, start: int) -> Iterator[Hit]:
+        if self.in_tx:
+            yield Hit("refused-in-transaction", start,
+                      "CREATE DATABASE cannot run inside a transaction block: this migration "
+                      "will fail")
+
+    def _AlterDomainStmt(self, stmt: ast.AlterDomainStmt, start: int) -> Iterator[Hit]:
+        typ = _last(stmt.typeName)
+        c = stmt.def_
+        if (stmt.subtype == "C" and isinstance(c, ast.Constraint) and not c.skip_validation
+                and typ not in self.created_types):
+            yield Hit("domain-constraint", _loc(c, start),
+                      f"adding a constraint to domain {typ} checks every column of that domain "
+                      "in every table, holding a SHARE lock on each: writes to them wait")
+
     # -- tables created or renamed ----------------------------------------------------
     def _CreateStmt(self, stmt: ast.CreateStmt, start: int) -> Iterator[Hit]:
-        self.created.append(table_key(stmt.relation))
+        t = table_key(stmt.relation)
+        self.created.append(t)
+        for elt in stmt.tableElts or ():
+            if isinstance(elt, ast.ColumnDef) and elt.colname:
+                self.columns[(t, elt.colname)] = _col_type(elt.typeName)
         return iter(())
 
     def _CreateTableAsStmt(self, stmt: ast.CreateTableAsStmt, start: int) -> Iterator[Hit]:
@@ -152,7 +290,11 @@ class Checker:
 
     def _RenameStmt(self, stmt: ast.RenameStmt, start: int) -> Iterator[Hit]:
         t = table_key(stmt.relation)
-        if stmt.renameType == ObjectType.OBJECT_TABLE:
+        if stmt.renameType == ObjectType.OBJECT_SCHEMA:
+            yield Hit("rename-schema", start,
+                      f"renaming schema {stmt.subname} to {stmt.newname} breaks every running "
+                      "instance of the application that names its objects by the old schema")
+        elif stmt.renameType == ObjectType.OBJECT_TABLE:
             if self.is_new(t):
                 self.created.append((t[0], stmt.newname or ""))
                 return
@@ -171,9 +313,9 @@ class Checker:
         if stmt.idxname:
             self.created_indexes.add(stmt.idxname)
         if stmt.concurrent:
-            if self.transactional:
+            if self.in_tx:
                 yield Hit("concurrently-in-transaction", start,
-                          "CREATE INDEX CONCURRENTLY cannot run inside a transaction block: "
+                          f"CREATE INDEX CONCURRENTLY cannot run inside {self.block()}: "
                           "this migration will fail")
         elif not self.is_new(t):
             yield Hit("index-not-concurrent", start,
@@ -184,9 +326,9 @@ class Checker:
         names = [".".join(n.sval for n in obj) for obj in (stmt.objects or ())
                  if isinstance(obj, tuple)]
         if stmt.removeType == ObjectType.OBJECT_INDEX:
-            if stmt.concurrent and self.transactional:
+            if stmt.concurrent and self.in_tx:
                 yield Hit("concurrently-in-transaction", start,
-                          "DROP INDEX CONCURRENTLY cannot run inside a transaction block: "
+                          f"DROP INDEX CONCURRENTLY cannot run inside {self.block()}: "
                           "this migration will fail")
             old = [n for n in names if n.rsplit(".", 1)[-1] not in self.created_indexes]
             if not stmt.concurrent and old:
@@ -201,13 +343,57 @@ class Checker:
                           "running code that still uses it")
 
     def _ReindexStmt(self, stmt: ast.ReindexStmt, start: int) -> Iterator[Hit]:
-        concurrent = any(p.defname == "concurrently" for p in (stmt.params or ()))
-        if concurrent and self.transactional and stmt.kind in (
-                ReindexObjectType.REINDEX_OBJECT_INDEX, ReindexObjectType.REINDEX_OBJECT_TABLE,
-                ReindexObjectType.REINDEX_OBJECT_SCHEMA):
-            yield Hit("concurrently-in-transaction", start,
-                      "REINDEX CONCURRENTLY cannot run inside a transaction block: "
+        concurrent = any(p.defname == "concurrently" and _truthy(p.arg)
+                         for p in (stmt.params or ()))
+        kind = stmt.kind
+        many = kind not in (ReindexObjectType.REINDEX_OBJECT_INDEX,
+                            ReindexObjectType.REINDEX_OBJECT_TABLE)
+        if self.in_tx and (concurrent or many):
+            yield Hit("concurrently-in-transaction" if concurrent else "refused-in-transaction",
+                      start, f"REINDEX {'CONCURRENTLY ' if concurrent else ''}"
+                      f"{_kind_word(kind)} cannot run inside {self.block()}: "
                       "this migration will fail")
+        if concurrent or kind in (ReindexObjectType.REINDEX_OBJECT_SYSTEM,):
+            return
+        if kind == ReindexObjectType.REINDEX_OBJECT_INDEX:
+            rv = stmt.relation
+            if rv is not None and rv.relname in self.created_indexes:
+                return
+            what = (f"REINDEX INDEX {rv.relname if rv else ''} holds an ACCESS EXCLUSIVE lock "
+                    "on the index (reads that use it wait) and a SHARE lock on its table "
+                    "(writes wait) until the index is rebuilt")
+        elif kind == ReindexObjectType.REINDEX_OBJECT_TABLE:
+            t = table_key(stmt.relation)
+            if self.is_new(t):
+                return
+            what = (f"REINDEX TABLE {table_name(t)} holds a SHARE lock on it (writes wait) and "
+                    "an ACCESS EXCLUSIVE lock on each index while it is rebuilt")
+        else:
+            what = (f"REINDEX {_kind_word(kind)} {stmt.name or ''} locks each table "
+                    "in turn against writes (SHARE) while its indexes are rebuilt")
+        yield Hit("reindex-not-concurrent", start, what)
+
+    def _RefreshMatViewStmt(self, stmt: ast.RefreshMatViewStmt, start: int) -> Iterator[Hit]:
+        t = table_key(stmt.relation)
+        if not stmt.concurrent and not self.is_new(t):
+            yield Hit("refresh-matview-not-concurrent", start,
+                      f"REFRESH MATERIALIZED VIEW {table_name(t)} holds an ACCESS EXCLUSIVE lock "
+                      "on it: every read of the view waits until the refresh finishes")
+
+    def _UpdateStmt(self, stmt: ast.UpdateStmt, start: int) -> Iterator[Hit]:
+        return self._unbounded("UPDATE", stmt.relation, stmt.whereClause, start)
+
+    def _DeleteStmt(self, stmt: ast.DeleteStmt, start: int) -> Iterator[Hit]:
+        return self._unbounded("DELETE", stmt.relation, stmt.whereClause, start)
+
+    def _unbounded(self, verb: str, rv: ast.RangeVar | None, where: Any, start: int
+                   ) -> Iterator[Hit]:
+        t = table_key(rv)
+        if where is None and not self.is_new(t):
+            yield Hit("update-delete-without-where", start,
+                      f"{verb} without WHERE on {table_name(t)} locks every row of it for the "
+                      "rest of the migration's transaction: every concurrent write to the table "
+                      "waits (and the table bloats)")
 
     # -- destructive and heavy-lock statements -----------------------------------------------
     def _TruncateStmt(self, stmt: ast.TruncateStmt, start: int) -> Iterator[Hit]:
@@ -220,6 +406,9 @@ class Checker:
 
     def _VacuumStmt(self, stmt: ast.VacuumStmt, start: int) -> Iterator[Hit]:
         full = any(o.defname == "full" and _truthy(o.arg) for o in (stmt.options or ()))
+        if stmt.is_vacuumcmd and self.in_tx:
+            yield Hit("refused-in-transaction", start,
+                      f"VACUUM cannot run inside {self.block()}: this migration will fail")
         if stmt.is_vacuumcmd and full:
             yield Hit("vacuum-full", start,
                       "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and "
@@ -248,11 +437,17 @@ class Checker:
         name = table_name(t)
         for cmd in stmt.cmds or ():
             sub = cmd.subtype
-            if sub == AlterTableType.AT_DetachPartition and _detach_concurrently(cmd):
-                if self.transactional:
-                    yield Hit("concurrently-in-transaction", start,
-                              "DETACH PARTITION CONCURRENTLY cannot run inside a transaction "
-                              "block: this migration will fail")
+            if sub == AlterTableType.AT_DetachPartition:
+                if _detach_concurrently(cmd):
+                    if self.in_tx:
+                        yield Hit("concurrently-in-transaction", start,
+                                  "DETACH PARTITION CONCURRENTLY cannot run inside "
+                                  f"{self.block()}: this migration will fail")
+                elif not new:
+                    yield Hit("detach-partition-not-concurrent", start,
+                              f"DETACH PARTITION holds an ACCESS EXCLUSIVE lock on {name}: "
+                              "reads and writes of the whole partitioned table wait")
+                continue
             if sub == AlterTableType.AT_AddColumn:
                 yield from self._add_column(cmd.def_, t, new, start)
             elif sub == AlterTableType.AT_AddConstraint:
@@ -272,8 +467,20 @@ class Checker:
                 if col:
                     self.not_null_proven.add((t, col))
             elif new:
+                if sub == AlterTableType.AT_AlterColumnType and cmd.name:
+                    self.columns[(t, cmd.name)] = _col_type(cmd.def_.typeName)
                 continue
+            elif sub == AlterTableType.AT_SetTableSpace:
+                yield Hit("set-tablespace", start,
+                          f"SET TABLESPACE copies {name} and its files to tablespace {cmd.name} "
+                          "under an ACCESS EXCLUSIVE lock: reads and writes wait until it is done")
+            elif sub == AlterTableType.AT_DropNotNull:
+                yield Hit("drop-not-null", start,
+                          f"DROP NOT NULL on {name}.{cmd.name}: running code that assumes the "
+                          "column is never NULL may break once NULLs appear")
             elif sub == AlterTableType.AT_AlterColumnType:
+                if self._relaxing(t, cmd):
+                    continue
                 yield Hit("column-type-change", _loc(cmd.def_, start),
                           f"changing the type of {name}.{cmd.name} rewrites the table and its "
                           "indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless "
@@ -298,9 +505,15 @@ class Checker:
         for c in cons:
             if c.contype == ConstrType.CONSTR_CHECK:
                 self._remember_check(c, t)
+        if col.colname:
+            self.columns[(t, col.colname)] = _col_type(col.typeName)
+        loc = _loc(col, start)
+        if typename == "json" and not (col.typeName and col.typeName.arrayBounds):
+            yield Hit("add-json-column", loc,
+                      f"{where} is json, which has no equality operator: SELECT DISTINCT, UNION "
+                      f"and GROUP BY over rows of {table_name(t)} fail")
         if new:
             return
-        loc = _loc(col, start)
         if (ConstrType.CONSTR_NOTNULL in kinds or col.is_not_null) and not has_value:
             yield Hit("add-column-not-null", loc,
                       f"adding {where} as NOT NULL without a DEFAULT fails on a table that has "
@@ -316,6 +529,19 @@ class Checker:
             elif c.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY):
                 yield self._unique(c, t, start)
 
+    def _relaxing(self, t: Table, cmd: ast.AlterTableCmd) -> bool:
+        """The type change needs no rewrite: binary-coercible, or only a limit relaxed."""
+        col_def = cmd.def_
+        if not isinstance(col_def, ast.ColumnDef):
+            return False
+        new_type = _col_type(col_def.typeName)
+        key = (t, cmd.name or "")
+        old_type = self.columns.get(key) or self.earlier_columns().get(key)
+        self.columns[key] = new_type
+        if old_type is None or col_def.raw_default is not None or col_def.collClause is not None:
+            return False
+        return _no_rewrite(old_type, new_type)
+
     def _add_constraint(self, c: ast.Constraint, t: Table, new: bool, start: int
                         ) -> Iterator[Hit]:
         if c.contype == ConstrType.CONSTR_CHECK:
@@ -328,6 +554,10 @@ class Checker:
             yield self._unvalidated(c, t, start)
         elif c.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY) and not c.indexname:
             yield self._unique(c, t, start)
+        elif c.contype == ConstrType.CONSTR_EXCLUSION:
+            yield Hit("exclusion-constraint", _loc(c, start),
+                      f"adding an EXCLUDE constraint on {table_name(t)} builds its index under an "
+                      "ACCESS EXCLUSIVE lock: reads and writes wait until it is built")
 
     def _remember_check(self, c: ast.Constraint, t: Table) -> None:
         cols = _not_null_columns(c.raw_expr)
@@ -362,7 +592,7 @@ def _loc(node: Any, default: int) -> int:
 
 def _split(name: str) -> Table:
     schema, _, rel = name.rpartition(".")
-    return (schema, rel)
+    return _norm((schema, rel))
 
 
 def _truthy(arg: Any) -> bool:
@@ -419,3 +649,131 @@ def _unknown_functions(node: Any) -> set[str]:
         for item in node:
             found |= _unknown_functions(item)
     return found
+
+
+_TYPE_ALIASES = {"character varying": "varchar", "decimal": "numeric", "bit varying": "varbit",
+                 "character": "bpchar", "char": "bpchar"}
+
+
+def _col_type(tn: ast.TypeName | None) -> ColType:
+    if tn is None or not tn.names:
+        return ("", ())
+    name = _last(tn.names)
+    name = _TYPE_ALIASES.get(name, name)
+    if tn.arrayBounds:
+        name += "[]"
+    mods = tuple(m.val.ival or 0 for m in tn.typmods or ()
+                 if isinstance(m, ast.A_Const) and isinstance(m.val, ast.Integer))
+    if tn.typmods and len(mods) != len(tn.typmods):
+        return (name, (-1,))  # a modifier we cannot read: never judged a relaxation
+    return (name, mods)
+
+
+def _no_rewrite(old: ColType, new: ColType) -> bool:
+    """PostgreSQL skips the rewrite (and the index rebuild) for these type changes."""
+    (o, om), (n, nm) = old, new
+    if old == new:
+        return True
+    if o in ("varchar", "varbit") and n == o:
+        return not nm or (len(om) == 1 and nm[0] >= om[0])  # a longer (or no) limit
+    if o in ("varchar", "text") and n in ("text", "varchar") and not nm:
+        return True  # varchar(n) / varchar -> text, text -> varchar without a limit
+    if o == "numeric" and n == "numeric":
+        if not nm:
+            return True  # unconstrained numeric holds any numeric(p, s)
+        op, os_ = (om + (0,))[:2] if om else (0, 0)
+        np_, ns = (nm + (0,))[:2]
+        return bool(om) and ns == os_ and np_ >= op  # more digits, same scale
+    return (o, n) == ("cidr", "inet") and not om and not nm
+
+
+def _kind_word(kind: Any) -> str:
+    return str(getattr(kind, "name", kind)).rsplit("_", 1)[-1]
+
+
+def _last(names: Any) -> str:
+    return (names[-1].sval or "") if names else ""
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, ast.Node):
+        for attr in node:
+            yield from _walk(getattr(node, attr))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _walk(item)
+
+
+def _string_constants(stmt: Any) -> Iterator[str]:
+    for node in _walk(stmt):
+        if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String) and node.val.sval:
+            yield node.val.sval
+
+
+def _do_statements(stmt: ast.DoStmt) -> list[Any]:
+    """The SQL a PL/pgSQL DO block runs: its static statements, and EXECUTE of a string literal
+    (or a concatenation of literals)."""
+    import json
+
+    import pglast
+
+    body = lang = None
+    for arg in stmt.args or ():
+        if arg.defname == "as":
+            body = getattr(arg.arg, "sval", None)
+        elif arg.defname == "language":
+            lang = getattr(arg.arg, "sval", None)
+    if not body or (lang or "plpgsql").lower() != "plpgsql":
+        return []
+    try:
+        tree = pglast.parse_plpgsql(f"DO $dbkit_do$ {body} $dbkit_do$")
+    except Exception:  # noqa: BLE001 - an unparsable body fails on the server, not our concern
+        return []
+    queries: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, val in node.items():
+                if key == "PLpgSQL_stmt_execsql":
+                    queries.append(val["sqlstmt"]["PLpgSQL_expr"]["query"])
+                elif key == "PLpgSQL_stmt_dynexecute":
+                    literal = _literal(val["query"]["PLpgSQL_expr"]["query"])
+                    if literal:
+                        queries.append(literal)
+                visit(val)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+
+    visit(json.loads(json.dumps(tree)))
+    found: list[Any] = []
+    for q in queries:
+        try:
+            found += [raw.stmt for raw in pglast.parse_sql(q)]
+        except Exception:  # noqa: BLE001 - PL/pgSQL variables in the text make it unparsable
+            continue
+    return found
+
+
+def _literal(expr: str) -> str | None:
+    """The value of a SQL expression made only of string literals and ||, else None."""
+    import pglast
+
+    try:
+        (raw,) = pglast.parse_sql(f"SELECT {expr}")
+    except Exception:  # noqa: BLE001
+        return None
+    stmt = raw.stmt
+    target = (stmt.targetList[0].val if isinstance(stmt, ast.SelectStmt) and stmt.targetList
+              else None)
+
+    def value(node: Any) -> str | None:
+        if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+            return node.val.sval
+        if (isinstance(node, ast.A_Expr) and node.name and _last(node.name) == "||"):
+            left, right = value(node.lexpr), value(node.rexpr)
+            return left + right if left is not None and right is not None else None
+        return None
+
+    return value(target)
