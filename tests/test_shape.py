@@ -169,8 +169,10 @@ STEPS = {
 @pytest.mark.parametrize("step", sorted(STEPS))
 def test_each_postgresql_step_has_one_home(step):
     pattern, home = STEPS[step]
+    # The linter names statements in its findings about the user's files; it sends nothing.
     where = sorted({str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
-                    if any(re.search(pattern, s) for s in _code_strings(p))})
+                    if p.parent.name != "lint"
+                    and any(re.search(pattern, s) for s in _code_strings(p))})
     assert where == [home]
 
 
