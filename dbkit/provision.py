@@ -114,12 +114,15 @@ def check_password(password: str, where: str) -> str:
 
 def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarget, *,
                 app_role: str | None = None, password: str | None = None, rotate: bool = False,
-                connection_limit: int | None = None, app_password: str | None = None) -> Plan:
+                connection_limit: int | None = None, app_password: str | None = None,
+                new_app_password: bool = True) -> Plan:
     """Statements that bring the cluster to the goal from its current state.
 
     ``password`` is one given apart from the URL (standard input); ``url.password`` one the URL
     already carries; ``app_password`` the app role's known one (DBKIT_APP_URL). A generated,
     rotated or separately given password is put on the plan, for the caller to write to .env.
+    ``new_app_password=False`` leaves an existing app role's unknown password alone (when
+    nothing could write the new one down).
     ``open_target(dbname)`` opens an admin connection to the target database, needed only when
     it exists already (to read schema ownership and grants inside it).
     """
@@ -148,7 +151,7 @@ def plan_create(conn: psycopg.Connection[Any], url: DbURL, open_target: OpenTarg
         # A rotation always makes a fresh password (unless one is given apart from the URL):
         # re-setting the one already in the URL would leave the old password working.
         # An existing app role without a known password gets one: the app needs its URL.
-        if rotate or info is None or (is_app and in_url is None):
+        if rotate or info is None or (is_app and in_url is None and new_app_password):
             if separate is not None:
                 new_pw = check_password(separate, "on standard input")
             elif in_url is not None and not rotate:
@@ -338,7 +341,8 @@ def create(target: Target, admin: DbURL, *, dry_run: bool = False, password: str
         pg.check_admin(conn)
         plan = plan_create(conn, url, open_target, app_role=app_role, password=password,
                            rotate=rotate, connection_limit=connection_limit,
-                           app_password=known_app.password if known_app else None)
+                           app_password=known_app.password if known_app else None,
+                           new_app_password=to_env)
         if not dry_run:
             if to_env and (plan.password or plan.app_password or app_role):
                 envfile.check_writable(settings.env_file)  # the generated password must land

@@ -331,3 +331,12 @@ def test_blank_passwords_are_refused(app, admin_conn, how):  # noqa: ANN001
         r = app.cli("create", DATABASE_URL=app.url.with_(password="  ").render(reveal=True))
     one_line_error(r, 3)
     assert not exists(admin_conn, "role", app.role)
+
+
+def test_reset_after_the_app_url_was_lost_writes_one_that_works(app, two_roles):  # noqa: ANN001
+    env_file = app.cwd / ".env"
+    env_file.write_text("".join(ln for ln in env_file.read_text().splitlines(keepends=True)
+                                if not ln.startswith("DBKIT_APP_URL")))
+    r = app.cli("reset", "--yes")
+    assert r.code == 0, r.output
+    _writes_as_app(app)  # the password written is the one the role has
