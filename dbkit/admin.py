@@ -129,11 +129,16 @@ def start_project_server(settings: Settings) -> DbURL:
     return server.admin_url()
 
 
+def is_local(host: str | None) -> bool:
+    """A host that means this machine: libpq's default (none), a socket directory, loopback."""
+    return not host or host.startswith("/") or host in LOCAL_HOSTS
+
+
 def server_of(url: DbURL, settings: Settings) -> tuple[str, int]:
     """Where ``url`` connects, as (host, port), libpq's defaults filled in from PG* variables;
     every local way in (socket directory, localhost, loopback) counts as one host, "local"."""
     host = url.host or settings.pg_env.get("PGHOST") or "local"
-    if host.startswith("/") or host in LOCAL_HOSTS:
+    if is_local(host):
         host = "local"
     port = url.port or int(settings.pg_env.get("PGPORT") or 5432)
     return host.lower(), port

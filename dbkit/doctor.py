@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dbkit.admin import is_local
 from dbkit.db import connect, describe, row, value
 from dbkit.errors import DbkitError
 from dbkit.migrate import commands as migrations
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbkit")
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # auth methods by how much they protect a password-less or sniffed login
 WEAK_AUTH = {"trust": FAIL, "password": FAIL, "md5": WARN}
 LOCK_AGE_S = 5.0  # a lock held this long by an open transaction makes a migration wait
@@ -137,7 +137,7 @@ def _check_tls(ctx: _Ctx) -> Check:
         version = ctx.app.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
                                   ).fetchone()
         return Check("tls", PASS, f"in use ({version[0] if version else 'TLS'})")
-    local = not ctx.url.host or ctx.url.host.startswith("/") or ctx.url.host in LOCAL_HOSTS
+    local = is_local(ctx.url.host)
     if local:
         return Check("tls", PASS, "not in use (local connection: traffic stays on this machine)")
     status = FAIL if ctx.settings.production else WARN
@@ -151,7 +151,7 @@ def _check_auth(ctx: _Ctx) -> Check:
     if method is None:
         method, source = _used_method(ctx)
     status = WEAK_AUTH.get(method, PASS)
-    if method == "trust" and not ctx.settings.production and _is_local(ctx.url):
+    if method == "trust" and not ctx.settings.production and is_local(ctx.url.host):
         status = WARN  # a developer's own server often trusts local logins
     hint = {"trust": "anyone reaching the server logs in as this role without a password: "
                      "use scram-sha-256 in pg_hba.conf",
@@ -473,10 +473,6 @@ def _check_pooler(ctx: _Ctx) -> Check:
     return Check("pooler", WARN, f"DATABASE_URL goes through port {url_port} but PostgreSQL "
                  f"listens on {server_port}: a pooler or port mapping",
                  "if it is PgBouncer in transaction mode, set DBKIT_MIGRATE_URL to a direct URL")
-
-
-def _is_local(url: DbURL) -> bool:
-    return not url.host or url.host.startswith("/") or url.host in LOCAL_HOSTS
 
 
 def _name(check: Callable[[_Ctx], Check]) -> str:
