@@ -269,7 +269,6 @@ def row(conn: psycopg.Connection[Any], query: Query, params: Params | None = Non
 WATCH_APP = "dbkit (lock watch)"
 _WATCH_MIN_MS = 50  # below this a look cannot connect in time: no watch
 _QUERY_SHOWN = 80  # characters of a blocker's query in a one-line error
-_PASSWORD_LITERAL = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -312,10 +311,10 @@ class Blocker:
 
 
 def shown_query(text: str) -> str:
-    """A query as an error message may quote it: its first line, passwords masked (in URLs and
-    in PASSWORD '...' literals), cut to a length that keeps the message readable."""
+    """A query as an error message may quote it: its first line, passwords masked, cut to a
+    length that keeps the message readable."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = _PASSWORD_LITERAL.sub(r"\1'***'", mask_secrets(lines[0] if lines else ""))
+    first = mask_secrets(lines[0] if lines else "")
     if len(first) > _QUERY_SHOWN:
         return first[:_QUERY_SHOWN - 3].rstrip() + "..."
     return first + (" ..." if len(lines) > 1 else "")

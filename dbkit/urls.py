@@ -177,11 +177,16 @@ def mask_url(url: str) -> str:
         return "<invalid URL>"
 
 
+# SQL's own form, ``PASSWORD 'SECRET'`` (CREATE/ALTER ROLE): a query quoted in a message
+# (a lock's blocker, say) may carry one.
+_PASSWORD_LITERAL = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
+
+
 def mask_secrets(text: str) -> str:
     """Mask every password in a text, in each form libpq takes one (``user:SECRET@``,
-    ``?password=SECRET``, ``password=SECRET``): an error message may quote one the server or
-    the driver echoed."""
-    return _SECRET.sub(_masked, text)
+    ``?password=SECRET``, ``password=SECRET``) and in SQL's ``PASSWORD 'SECRET'``: an error
+    message may quote one the server or the driver echoed."""
+    return _PASSWORD_LITERAL.sub(r"\1'***'", _SECRET.sub(_masked, text))
 
 
 def _masked(m: re.Match[str]) -> str:

@@ -85,6 +85,7 @@ def test_a_password_given_without_a_user_is_rendered_too():
     "host=h password=a\\ S3cr3t-Tok-5f1c9e",
     "options: password=\nS3cr3t-Tok-5f1c9e",
     "PGPASSWORD=S3cr3t-Tok-5f1c9e psql",
+    "ALTER ROLE u PASSWORD 'it''s S3cr3t-Tok-5f1c9e'",  # SQL's own form, in a quoted query
 ])
 def test_mask_secrets_hides_every_form(text):
     assert "Tok" not in mask_secrets(text)
