@@ -148,10 +148,12 @@ def check_same_server(target: Target, admin: DbURL) -> None:
     """Provisioning acts on the admin's server: refuse when the application's URL names
     another one, or create and drop would quietly act somewhere the user did not mean.
     DBKIT_MIGRATE_URL, when set, is the direct way to the server behind a pooler."""
-    where = server_of(target.migrate_url, target.settings)
     admin_at = server_of(admin, target.settings)
-    if where == admin_at:
+    # An HA URL names several hosts; the admin's server being one of them is enough.
+    every = [server_of(u, target.settings) for u in target.migrate_url.each_host()]
+    if admin_at in every:
         return
+    where = every[0]
     named = "DBKIT_MIGRATE_URL" if target.migrate_url != target.url else "DATABASE_URL"
     raise ConfigError(
         f"{named} names the server at {_shown(where)}, but the admin connection is to "

@@ -20,6 +20,7 @@ from dbkit.errors import (
     DbkitError,
     InvalidName,
     LockTimeout,
+    NoPrimary,
     PermissionDenied,
     ServerRefused,
     UnsupportedServer,
@@ -64,6 +65,8 @@ def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
     seconds = max(1, -(-timeout_ms // 1000)) if timeout_ms else settings.connect_timeout_s
     kw.setdefault("connect_timeout", str(seconds))
     kw.setdefault("application_name", "dbkit")
+    for key, value in libpq_settings(settings).items():
+        kw.setdefault(key, value)
     shown = url.with_(params=tuple(p for p in url.params if p[0] != "application_name"))
     log.debug("connecting to %s", shown)
     try:
@@ -85,6 +88,14 @@ def connect(url: DbURL, settings: Settings, *, autocommit: bool = False,
     return conn
 
 
+def libpq_settings(settings: Settings) -> dict[str, str]:
+    """What libpq would take from the environment but dbkit found in .env: every session
+    dbkit opens (yoyo's too) gets it."""
+    if "PGPASSFILE" in settings.pg_env:
+        return {"passfile": settings.pg_env["PGPASSFILE"]}
+    return {}
+
+
 OLDEST_SUPPORTED = 130000  # PostgreSQL 13; older majors no longer get fixes (nor are tested)
 
 
@@ -99,6 +110,16 @@ def check_version(num: int, url: DbURL) -> None:
 
 
 _BAD_OPTION_VALUE = re.compile(r"invalid [a-z_]+ value")
+# libpq's words when target_session_attrs=read-write (or primary) found only standbys.
+_STANDBY_ONLY = re.compile(r"session is read-only|server is in hot standby mode")
+_WANTS_PRIMARY = ("read-write", "primary")
+
+
+def wants_primary(url: DbURL, settings: Settings) -> bool:
+    """Whether libpq will settle only on a read-write server for ``url``."""
+    attrs = dict(url.params).get("target_session_attrs") \
+        or settings.pg_env.get("PGTARGETSESSIONATTRS", "")
+    return attrs in _WANTS_PRIMARY
 
 
 def connect_error(exc: Exception, url: DbURL) -> ConnectError:
@@ -112,6 +133,11 @@ def connect_error(exc: Exception, url: DbURL) -> ConnectError:
             pass
     text = first_line(exc)
     low = str(exc).lower()
+    if _STANDBY_ONLY.search(low):
+        # libpq lists every host it tried, one per line; the first (often a dead host) is not
+        # the reason, that every live one was read-only is.
+        return NoPrimary(f"no read-write server at {url}: every host that answered is a "
+                         "standby (read-only)")
     if "no password supplied" in low or (url.password is None and "password auth" in low):
         return ConnectError(f"no password for role {url.user!r} at {url}: the URL has none",
                             hint="put the role's password in DATABASE_URL (or .env), or give the "
@@ -468,24 +494,37 @@ class LockWatch:
 # -- the one wait ---------------------------------------------------------------------------
 def wait_ready(url: DbURL, settings: Settings, timeout_ms: int) -> float:
     """Return (seconds waited) as soon as the server at ``url`` accepts connections, like
-    pg_isready: no login is needed, so a wrong password is the next step's error, not a wait."""
+    pg_isready: no login is needed, so a wrong password is the next step's error, not a wait.
+    When the URL asks for a read-write server (``target_session_attrs``), a standby's answer
+    does not count: that needs a login, so then a wrong password fails at once."""
     from psycopg import pq
     from psycopg.conninfo import make_conninfo
 
     start = time.monotonic()
     deadline = start + timeout_ms / 1000
     kw = url.connect_kwargs()
+    primary = wants_primary(url, settings)
     last = "no response"
     while True:
         left = deadline - time.monotonic()
         kw["connect_timeout"] = str(max(2, min(int(left) + 1, settings.connect_timeout_s)))
         status = pq.PGconn.ping(make_conninfo(**kw).encode())
-        if status == pq.Ping.OK:
+        if status == pq.Ping.OK and not primary:
             return round(time.monotonic() - start, 3)
+        if status == pq.Ping.OK:
+            # A standby answers a ping too; only a login tells whether it is read-write. Any
+            # other login failure (a wrong password) is the caller's error, not a wait.
+            try:
+                connect(url, settings, autocommit=True,
+                        timeout_ms=int(kw["connect_timeout"]) * 1000).close()
+                return round(time.monotonic() - start, 3)
+            except NoPrimary:
+                status, last = None, "only standbys answer; waiting for a read-write server"
         if status == pq.Ping.NO_ATTEMPT:
             raise ConfigError(f"cannot try to connect to {url}: invalid connection parameters")
-        last = ("the server is starting up or shutting down" if status == pq.Ping.REJECT
-                else "no response")
+        if status is not None:
+            last = ("the server is starting up or shutting down" if status == pq.Ping.REJECT
+                    else "no response")
         left = deadline - time.monotonic()
         if left <= 0:
             raise ConnectError(f"server at {url} did not accept connections within "

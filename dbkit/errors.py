@@ -42,6 +42,13 @@ class ConnectError(DbkitError):
     hint = "check the server is running and the URL is right (try: dbkit wait)"
 
 
+class NoPrimary(ConnectError):
+    """Only standbys (read-only servers) answered, and the URL asks for a read-write one."""
+
+    hint = ("wait for the primary (dbkit wait), or add the primary's host to the URL "
+            "(postgresql://role@primary:5432,standby:5432/db?target_session_attrs=read-write)")
+
+
 class UnsupportedServer(ConnectError):
     """The server's major version is older than dbkit supports."""
 

@@ -61,6 +61,9 @@ class DbURL:
     port: int | None = None
     dbname: str | None = None
     params: tuple[tuple[str, str], ...] = ()
+    # An HA URL's further hosts (``h1:5432,h2:5433``), tried in order after ``host:port`` as
+    # libpq does; ``target_session_attrs`` in ``params`` says which one to settle on.
+    more_hosts: tuple[tuple[str | None, int | None], ...] = ()
 
     @classmethod
     def parse(cls, url: str, what: str = "DATABASE_URL") -> DbURL:
@@ -79,6 +82,8 @@ class DbURL:
                              "the password)")
         try:
             parts = urlsplit(text)
+            if _is_multi_host(parts.netloc, parts.query):
+                return _checked(_from_libpq_url(text, parts.scheme, what), what)
             port = parts.port
         except ValueError as exc:
             # ValueError text may echo the URL (and its password): never include it.
@@ -130,10 +135,25 @@ class DbURL:
     def with_(self, **changes: object) -> DbURL:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    @property
+    def hosts(self) -> tuple[tuple[str | None, int | None], ...]:
+        """Every (host, port) libpq may try, in order: one for most URLs."""
+        return ((self.host, self.port), *self.more_hosts)
+
+    def each_host(self) -> tuple[DbURL, ...]:
+        """One single-host URL per host of an HA URL (the URL itself when it has one host)."""
+        return tuple(replace(self, host=h, port=p, more_hosts=()) for h, p in self.hosts)
+
     def connect_kwargs(self, dbname: str | None = None) -> dict[str, str]:
         """Keyword arguments for ``psycopg.connect``; the password stays in-process."""
         kw: dict[str, str] = dict(self.params)
-        for key, value in (("host", self.host), ("port", self.port), ("user", self.user),
+        host: str | None = self.host
+        port: str | None = None if self.port is None else str(self.port)
+        if self.more_hosts:  # libpq's lists: comma-separated, an empty entry is the default
+            host = ",".join(h or "" for h, _ in self.hosts)
+            ports = [str(p) if p is not None else "" for _, p in self.hosts]
+            port = ",".join(ports) if any(ports) else None
+        for key, value in (("host", host), ("port", port), ("user", self.user),
                            ("password", self.password), ("dbname", dbname or self.dbname)):
             if value is not None:
                 kw[key] = str(value)
@@ -149,11 +169,15 @@ class DbURL:
             auth += "@"
         hostpart = ""
         query = list(self.params)
-        if self.host and self.host.startswith("/"):
+        if self.more_hosts:
+            # libpq reads a socket directory in a host list percent-encoded (%2Frun%2F...).
+            hostpart = ",".join(_host_text(h) + (f":{p}" if p is not None else "")
+                                for h, p in self.hosts)
+        elif self.host and self.host.startswith("/"):
             query.insert(0, ("host", self.host))  # unix socket directory
         elif self.host:
-            hostpart = f"[{self.host}]" if ":" in self.host else quote(self.host, safe="")
-        if self.port is not None:
+            hostpart = _host_text(self.host)
+        if self.port is not None and not self.more_hosts:
             if hostpart:
                 hostpart += f":{self.port}"
             else:
@@ -203,7 +227,30 @@ def with_app(url: DbURL, name: str) -> DbURL:
     return url.with_(params=(*url.params, ("application_name", name)))
 
 
+def _host_text(host: str | None) -> str:
+    if not host:
+        return ""
+    return f"[{host}]" if ":" in host else quote(host, safe="")
+
+
 # -- parsing's parts ------------------------------------------------------------------------
+def _is_multi_host(netloc: str, query: str) -> bool:
+    """An HA URL: several hosts after the userinfo, or in a ``host=`` parameter."""
+    if "," in netloc.rpartition("@")[2]:
+        return True
+    return any(k in ("host", "port") and "," in v for k, v in _query(query, "the URL"))
+
+
+def _from_libpq_url(text: str, scheme: str, what: str) -> DbURL:
+    """A URL with several hosts, read by libpq's own parser (urllib cannot split a host list);
+    dbkit's checks run on its result as on any other URL."""
+    if scheme.split("+", 1)[0] not in SCHEMES:
+        raise InvalidURL(f"{what} must start with postgresql:// (got {scheme or 'no scheme'}://)")
+    rest = text.split("://", 1)[1]
+    _decode(rest, what, "URL")  # libpq would take escapes that are not UTF-8 as raw bytes
+    return _from_libpq("postgresql://" + rest, what, form="URL")
+
+
 def _check_text(text: str, what: str) -> None:
     """Bytes that are not UTF-8 (an environment variable's arrive as lone surrogates) would
     fail later, inside the driver, as a bug."""
@@ -257,28 +304,40 @@ def _bad_port(what: str) -> InvalidURL:
 
 
 def _from_conninfo(text: str, what: str) -> DbURL:
-    """A libpq ``key=value`` string, read by libpq's own parser (so quoting and escapes mean
-    what they mean to libpq). psycopg is imported only here: importing it takes longer than
-    the rest of ``dbkit --help``."""
+    return _from_libpq(text, what, form="key=value connection string")
+
+
+def _from_libpq(text: str, what: str, form: str) -> DbURL:
+    """A libpq ``key=value`` string or HA URL, read by libpq's own parser (so quoting, escapes
+    and host lists mean what they mean to libpq). psycopg is imported only here: importing it
+    takes longer than the rest of ``dbkit --help``."""
     hint = ("write key=value pairs separated by spaces, quoting values that hold spaces or "
-            "quotes (password='a b\\' c'), or use postgresql://role:password@host:port/database")
+            "quotes (password='a b\\' c'), or use postgresql://role:password@host:port/database"
+            if form != "URL" else "write postgresql://role:password@host1:port1,host2:port2/"
+            "database (percent-encode special characters)")
     try:
         from psycopg import ProgrammingError
         from psycopg.conninfo import conninfo_to_dict
     except ImportError:
-        raise InvalidURL(f"{what} is a key=value connection string, which needs psycopg and "
-                         "libpq to read", hint="install psycopg, or use "
+        raise InvalidURL(f"{what} is a {form} that needs psycopg and libpq to read",
+                         hint="install psycopg, or use "
                          "postgresql://role:password@host:port/database") from None
     try:
         found = {k: str(v) for k, v in conninfo_to_dict(text).items() if v is not None}
     except ProgrammingError as exc:
-        raise InvalidURL(f"{what} is not a valid key=value connection string "
-                         f"({_conninfo_reason(exc)})", hint=hint) from None
-    port = found.pop("port", None)
+        raise InvalidURL(f"{what} is not a valid {form} ({_conninfo_reason(exc)})",
+                         hint=hint) from None
+    hosts = found.pop("host", "").split(",")
+    ports = [_port(p, what) if p else None for p in found.pop("port", "").split(",")]
+    if len(ports) == 1:  # libpq: one port is every host's port
+        ports *= len(hosts)
+    if len(ports) != len(hosts):
+        raise InvalidURL(f"{what} names {len(hosts)} hosts but {len(ports)} ports",
+                         hint="give one port per host, or a single port for all of them")
+    pairs = [(h or None, p) for h, p in zip(hosts, ports, strict=True)]
     return DbURL(user=found.pop("user", None) or None, password=found.pop("password", None),
-                 host=found.pop("host", None) or None,
-                 port=_port(port, what) if port is not None else None,
-                 dbname=found.pop("dbname", None) or None, params=tuple(found.items()))
+                 host=pairs[0][0], port=pairs[0][1], dbname=found.pop("dbname", None) or None,
+                 params=tuple(found.items()), more_hosts=tuple(pairs[1:]))
 
 
 def _conninfo_reason(exc: Exception) -> str:
@@ -296,7 +355,7 @@ def _conninfo_reason(exc: Exception) -> str:
 def _checked(url: DbURL, what: str) -> DbURL:
     """What every form must satisfy before anything connects with it."""
     for part, value in (("role name", url.user), ("database name", url.dbname),
-                        ("host", url.host)):
+                        *(("host", h) for h, _ in url.hosts)):
         bad = _CONTROL.search(value or "")
         if bad:  # a name holding a newline forges log lines and breaks terminals
             raise InvalidURL(f"{what}: the {part} contains {_describe(bad.group())}",
@@ -306,9 +365,10 @@ def _checked(url: DbURL, what: str) -> DbURL:
         raise InvalidURL(f"{what}: the password or a parameter contains a NUL character, "
                          "which libpq cannot send (it would cut the value short)",
                          hint="remove it")
-    if url.port is not None and not 0 < url.port < 65536:
+    if any(p is not None and not 0 < p < 65536 for _, p in url.hosts):
         raise _bad_port(what)
-    for host in (url.host or "").split(","):  # libpq takes a list of hosts
+    for host, _ in url.hosts:
+        host = host or ""
         if host.startswith("/") or ":" in host:  # a unix-socket directory, an IPv6 address
             continue
         if any(len(label.encode()) > _DNS_LABEL_MAX for label in host.split(".")):

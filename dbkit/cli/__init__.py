@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (the only place errors become output)."""
     try:
-        cli.main(args=argv, prog_name="dbkit", standalone_mode=False)
-        return 0
+        # Outside standalone mode click returns an Exit's code instead of raising it.
+        code = cli.main(args=argv, prog_name="dbkit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort as exc:  # click turns Ctrl-C (and so SIGTERM) into Abort

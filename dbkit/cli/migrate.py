@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dbkit.cli import fleet
 from dbkit.cli.common import cli, emit, settings
 
 if TYPE_CHECKING:
@@ -57,15 +58,31 @@ def _render_plan(result: MigrateResult | RollbackResult, verb: str,
               "(findings are only warnings when DBKIT_ENV=development).")
 @_timeout_options
 @_migrations_option
+@fleet.fleet_options(canary=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: bool,
             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
-            as_json: bool) -> None:
-    """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL."""
+            targets: Path | None, parallel: int | None, per_server: int | None, canary: int,
+            fail_fast: bool, as_json: bool) -> None:
+    """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL (or on every
+    database in --targets FILE: exit 8 if any migration failed, 4 if a target was
+    unreachable)."""
     from dbkit.migrate import commands as m
 
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
+    if targets is not None:
+        from dbkit.errors import ConfigError
+        from dbkit.fleet import migrate_all
+
+        if dry_run or mark_applied:
+            raise ConfigError("--dry-run and --mark-applied act on one database",
+                              hint="run them without --targets, on one database at a time")
+        fleet.finish(migrate_all(fleet.load(s, targets), s,
+                                 fleet.options(parallel, per_server, canary, fail_fast),
+                                 to=to, allow_unsafe=allow_unsafe,
+                                 on_done=fleet.progress(as_json)), as_json)
+        return
     result = m.migrate(s.target(), to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied)
     _warn(result.warnings)
     if dry_run:
@@ -126,13 +143,23 @@ def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool, yes: 
 @click.option("--check", is_flag=True,
               help="Exit 10 when any migration is pending (a deploy gate).")
 @_migrations_option
+@fleet.fleet_options()
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def status(check: bool, migrations: str | None, as_json: bool) -> None:
+def status(check: bool, migrations: str | None, targets: Path | None, parallel: int | None,
+           per_server: int | None, fail_fast: bool, as_json: bool) -> None:
     """Every migration, applied (with when) or pending; warns about edited applied files."""
     from dbkit.errors import PendingMigrations
     from dbkit.migrate import commands as m
 
-    report = m.status(settings(migrations=migrations).target())
+    s = settings(migrations=migrations)
+    if targets is not None:
+        from dbkit.fleet import status_all
+
+        fleet.finish(status_all(fleet.load(s, targets), s,
+                                fleet.options(parallel, per_server, fail_fast=fail_fast),
+                                check=check, on_done=fleet.progress(as_json)), as_json)
+        return
+    report = m.status(s.target())
     _warn([d.detail for d in report.drift])
     lines = [f"applied  {a.id:<40} {a.applied_at or '?'}" + ("" if a.file else "  (file gone)")
              for a in report.applied]
@@ -150,16 +177,30 @@ def status(check: bool, migrations: str | None, as_json: bool) -> None:
 @_migrations_option
 @click.option("--accept", "accept", multiple=True, metavar="ID",
               help="Record this applied migration's edited file as its version (repeatable).")
+@fleet.fleet_options()
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def verify(migrations: str | None, accept: tuple[str, ...], as_json: bool) -> None:
+def verify(migrations: str | None, accept: tuple[str, ...], targets: Path | None,
+           parallel: int | None, per_server: int | None, fail_fast: bool,
+           as_json: bool) -> None:
     """Fail (exit 11) when an applied migration's file was edited, renamed or deleted.
 
     --accept ID records an applied migration's edited file as its version (Flyway's repair),
     for a deliberate, harmless edit; nothing runs, and history records it."""
-    from dbkit.errors import DriftDetected
+    from dbkit.errors import ConfigError, DriftDetected
     from dbkit.migrate import commands as m
 
-    target = settings(migrations=migrations).target()
+    s = settings(migrations=migrations)
+    if targets is not None:
+        from dbkit.fleet import verify_all
+
+        if accept:
+            raise ConfigError("--accept records one database's files",
+                              hint="run verify --accept without --targets")
+        fleet.finish(verify_all(fleet.load(s, targets), s,
+                                fleet.options(parallel, per_server, fail_fast=fail_fast),
+                                on_done=fleet.progress(as_json)), as_json)
+        return
+    target = s.target()
     if accept:
         for mid in m.accept(target, list(accept)):
             click.echo(f"accepted {mid}: its file as it is now is the recorded version", err=True)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbkit import __version__
-from dbkit.db import row, value
+from dbkit.db import libpq_settings, row, value
 from dbkit.errors import PermissionDenied
 from dbkit.migrate.files import MigrationFile
 
@@ -194,11 +194,14 @@ def _yoyo_bootstrap(url: DbURL, settings: Settings, state: State) -> None:
 
     # Built field by field (no URL string): the password is never rendered, and names need no
     # quoting (yoyo does not unquote the database name of a URL).
-    args = dict(url.params)
+    args = {**libpq_settings(settings), **dict(url.params)}
     args.setdefault("connect_timeout", str(settings.connect_timeout_s))
     args.setdefault("application_name", "dbkit migrate")
+    # libpq's host and port lists for an HA URL: yoyo hands them to the driver as they are.
+    where = url.connect_kwargs()
     uri = DatabaseURI(scheme="postgresql+psycopg", username=url.user, password=url.password,
-                      hostname=url.host, port=url.port, database=url.dbname, args=args)
+                      hostname=where.get("host"), port=where.get("port"), database=url.dbname,
+                      args=args)
     backend = get_backend_class("postgresql+psycopg")(uri, YOYO_MIGRATIONS)
     try:
         if YOYO_LOCK not in state.tables:
