@@ -460,3 +460,15 @@ def test_fleet_help_is_documented_on_every_fleet_command(app):
     for command in ("migrate", "status", "verify", "doctor"):
         r = app.cli(command, "--help")
         assert "--targets FILE" in r.out and "--parallel N" in r.out, command
+
+
+def test_provisioning_accepts_an_ha_url_when_one_of_its_hosts_is_the_admins(app):
+    live = app.url
+    dead = _dead_port()
+    ha = (f"postgresql://{app.role}:{app.password}@127.0.0.1:{dead},{live.host}:{live.port}"
+          f"/{app.db}")
+    r = app.cli("create", DATABASE_URL=ha)
+    assert r.code == 0, r.output
+    elsewhere = f"postgresql://{app.role}:{app.password}@127.0.0.1:{dead},127.0.0.2:{dead}/{app.db}"
+    r = app.cli("create", DATABASE_URL=elsewhere)
+    assert r.code == 3 and "names the server at 127.0.0.1" in r.err, r.output

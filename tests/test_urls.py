@@ -153,3 +153,47 @@ def test_a_unix_socket_directory_is_not_a_dns_name():
     assert DbURL.parse(f"postgresql://u@/db?host={long_dir}").host == long_dir
     assert DbURL.parse(f"host={long_dir} user=u").host == long_dir
     assert DbURL.parse("postgresql://u@" + "a" * 63 + ".example.com/db").host
+
+
+# -- multi-host (HA) URLs: libpq's own format ----------------------------------------------
+@pytest.mark.parametrize("text,hosts", [
+    ("postgresql://u:S3cr3t-Tok-5f1c9e@h1:5432,h2:5433/db?target_session_attrs=read-write",
+     (("h1", 5432), ("h2", 5433))),
+    ("postgresql://u:S3cr3t-Tok-5f1c9e@h1,h2:5433,h3/db", (("h1", None), ("h2", 5433),
+                                                          ("h3", None))),
+    ("postgres://u:S3cr3t-Tok-5f1c9e@[::1]:5,h2:6/db", (("::1", 5), ("h2", 6))),
+    ("postgresql://u:S3cr3t-Tok-5f1c9e@/db?host=/run/a,/run/b&port=7", (("/run/a", 7),
+                                                                      ("/run/b", 7))),
+    ("host=h1,h2 port=1,2 user=u password=S3cr3t-Tok-5f1c9e dbname=db", (("h1", 1), ("h2", 2))),
+])
+def test_a_multi_host_url_keeps_every_host_in_order_and_its_password_masked(text, hosts):
+    url = DbURL.parse(text)
+    assert url.hosts == hosts and url.password == SECRET and url.dbname == "db"
+    shown = url.render()
+    assert SECRET not in shown and "***" in shown and SECRET not in repr(url)
+    assert DbURL.parse(url.render(reveal=True)) == url  # rendering round-trips
+    assert [u.hosts for u in url.each_host()] == [(h,) for h in hosts]
+
+
+def test_multi_host_connect_arguments_are_libpqs_lists_and_agree_with_libpq():
+    from psycopg.conninfo import conninfo_to_dict
+
+    text = "postgresql://u:p%40ss@h1:5432,h2,h3:6000/db?target_session_attrs=primary"
+    kw = DbURL.parse(text).connect_kwargs()
+    assert kw["host"] == "h1,h2,h3" and kw["port"] == "5432,,6000"
+    libpq = {k: v for k, v in conninfo_to_dict(text).items() if v is not None}
+    assert {k: str(v) for k, v in kw.items()} == {**libpq, "password": "p@ss"}
+
+
+@pytest.mark.parametrize("text,said", [
+    ("postgresql://u:pw@h1:5432,h2:99999/db", "port that is not a number"),
+    ("postgresql://u:pw@h1:5432,h2:x/db", "non-numeric port"),
+    ("mysql://u:pw@h1,h2/db", "must start with postgresql://"),
+    ("postgresql://u:pw@h1,h2/d%ff", "not UTF-8"),
+    ("postgresql://u:pw@h1," + "a" * 64 + "/db", "longer than 63 bytes"),
+    ("host=h1,h2,h3 port=1,2 user=u password=pw", "3 hosts but 2 ports"),
+])
+def test_a_bad_multi_host_url_is_refused_without_quoting_it(text, said):
+    with pytest.raises(InvalidURL, match=said) as err:
+        DbURL.parse(text)
+    assert "pw" not in err.value.message.replace("password", "")
