@@ -471,4 +471,4 @@ def test_provisioning_accepts_an_ha_url_when_one_of_its_hosts_is_the_admins(app)
     assert r.code == 0, r.output
     elsewhere = f"postgresql://{app.role}:{app.password}@127.0.0.1:{dead},127.0.0.2:{dead}/{app.db}"
     r = app.cli("create", DATABASE_URL=elsewhere)
-    assert r.code == 3 and "names the server at 127.0.0.1" in r.err, r.output
+    assert r.code == 3 and f"names the server at localhost:{dead}" in r.err, r.output
