@@ -9,7 +9,7 @@ per database, so targets never wait for each other's migration lock.
 
 Library API::
 
-    read_targets(path, settings) -> list[DbURL]
+    read_targets(path, settings) -> list[DbURL]            patterns (tenant_*) expanded
     migrate_all(targets, settings, options, *, to=None, allow_unsafe=False) -> FleetReport
     status_all(targets, settings, options, *, check=False) -> FleetReport
     verify_all(targets, settings, options) -> FleetReport
@@ -18,7 +18,9 @@ Library API::
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import re
 import signal
 import threading
 import time
@@ -123,7 +125,9 @@ class FleetReport:
 # -- the targets ------------------------------------------------------------------------
 def read_targets(path: Path, settings: Settings) -> list[DbURL]:
     """One connection URL per line; blank lines and ``#`` comments are ignored. Passwords
-    may be left out and come from ~/.pgpass (or PGPASSFILE), as libpq finds them."""
+    may be left out and come from ~/.pgpass (or PGPASSFILE), as libpq finds them. A database
+    name with ``*`` or ``?`` (``postgresql://app@db1/tenant_*``) stands for every database on
+    that server whose name matches, in name order."""
     if not path.is_absolute():
         path = settings.cwd / path
     try:
@@ -146,16 +150,41 @@ def read_targets(path: Path, settings: Settings) -> list[DbURL]:
             raise InvalidURL(f"{where}: the URL must name both a role and a database",
                              hint="write postgresql://role@host:port/database (the password "
                              "may come from ~/.pgpass)")
-        key = (*server_of(url, settings), url.dbname)
-        if key in seen:  # the same database twice would only wait for its own lock
-            raise ConfigError(f"{where}: the same database as line {seen[key]}",
-                              hint="list each database once")
-        seen[key] = number
-        urls.append(url)
+        pattern = _PATTERN.search(url.dbname) is not None
+        for one in _matching(url, settings, where) if pattern else [url]:
+            key = (*server_of(one, settings), one.dbname)
+            if key in seen:
+                if pattern:  # a pattern may overlap a line: the database runs once
+                    continue
+                # the same database twice would only wait for its own lock
+                raise ConfigError(f"{where}: the same database as line {seen[key]}",
+                                  hint="list each database once")
+            seen[key] = number
+            urls.append(one)
     if not urls:
         raise ConfigError(f"targets file {path} lists no databases",
                           hint="write one postgresql:// URL per line (# starts a comment)")
     return urls
+
+
+_PATTERN = re.compile(r"[*?]")
+
+
+def _matching(url: DbURL, settings: Settings, where: str) -> list[DbURL]:
+    """The databases on ``url``'s server whose names match its pattern (any role may read
+    pg_database), asked from the maintenance database."""
+    from dbkit.db import connect
+
+    assert url.dbname is not None
+    with connect(url.with_(dbname="postgres"), settings, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+            "ORDER BY datname")]
+    found = [url.with_(dbname=n) for n in names if fnmatch.fnmatchcase(n, url.dbname)]
+    if not found:
+        raise ConfigError(f"{where}: no database on {url.with_(dbname=None)} matches "
+                          f"{url.dbname!r}", hint="check the pattern (* and ? as in a shell)")
+    return found
 
 
 # -- the walk ---------------------------------------------------------------------------

@@ -472,3 +472,19 @@ def test_provisioning_accepts_an_ha_url_when_one_of_its_hosts_is_the_admins(app)
     elsewhere = f"postgresql://{app.role}:{app.password}@127.0.0.1:{dead},127.0.0.2:{dead}/{app.db}"
     r = app.cli("create", DATABASE_URL=elsewhere)
     assert r.code == 3 and f"names the server at localhost:{dead}" in r.err, r.output
+
+
+def test_a_pattern_line_stands_for_every_matching_database_on_that_server(app, small_fleet,
+                                                                          migrations):
+    on_first = sorted(db for s, db in small_fleet.dbs if s == 0)
+    pattern = small_fleet.url(0, "t00?_*").render(reveal=True)  # the fleet's names: t000_...
+    explicit = small_fleet.url(0, on_first[0]).render(reveal=True)
+    path = app.cwd / "targets"
+    path.write_text(f"{explicit}\n{pattern}\n")
+    r = app.cli("status", "--targets", str(path), "--migrations", str(migrations), "--json")
+    assert r.code == 0, r.output
+    named = [t["target"].rsplit("/", 1)[1] for t in json.loads(r.out)["targets"]]
+    assert named[0] == on_first[0] and sorted(named) == on_first, named
+    path.write_text(small_fleet.url(0, "nomatch_*").render(reveal=True) + "\n")
+    r = app.cli("status", "--targets", str(path), "--migrations", str(migrations))
+    assert r.code == 3 and "no database on" in r.err and small_fleet.password not in r.err
