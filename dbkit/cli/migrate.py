@@ -57,16 +57,23 @@ def _render_plan(result: MigrateResult | RollbackResult, verb: str,
               "(findings are only warnings when DBKIT_ENV=development).")
 @_timeout_options
 @_migrations_option
+@click.option("--wait-replicas", "wait_replicas", is_flag=False, flag_value="30s", default=None,
+              metavar="[DURATION]",
+              help="Then wait (default 30s) until every streaming replica has replayed the "
+              "last commit; exit 4 naming the ones behind (needs pg_read_all_stats).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: bool,
             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
-            as_json: bool) -> None:
+            wait_replicas: str | None, as_json: bool) -> None:
     """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL."""
     from dbkit.migrate import commands as m
+    from dbkit.settings import parse_duration
 
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
-    result = m.migrate(s.target(), to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied)
+    wait_ms = None if wait_replicas is None else parse_duration(wait_replicas, "--wait-replicas")
+    result = m.migrate(s.target(), to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied,
+                       wait_replicas_ms=wait_ms)
     _warn(result.warnings)
     if dry_run:
         plan = (_render_plan(result, "mark as applied", "-- (recorded only; not run)")
@@ -80,6 +87,10 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
                      f"{'marked as applied in' if mark_applied else 'applied to'} {result.database}")
     else:
         lines.append(f"up to date: nothing to apply ({result.already_applied} applied)")
+    if result.replicas and result.replicas.replicas:
+        lines.append(f"{len(result.replicas.replicas)} replica(s) replayed up to {result.replicas.lsn} in "
+                     f"{result.replicas.waited_s:.2f}s: "
+                     + ", ".join(r.label() for r in result.replicas.replicas))
     emit(result.as_dict(), as_json, "\n".join(lines))
 
 
