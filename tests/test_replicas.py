@@ -160,3 +160,76 @@ def test_wait_replicas_without_replicas_returns_at_once(tmp_path) -> None:  # no
         assert r.code == 0, r.output
         assert "no streaming replicas in pg_stat_replication" in r.err
         assert json.loads(r.out)["replicas"]["replicas"] == []
+
+
+# -- doctor ---------------------------------------------------------------------------------
+def doctor(app: App, **env: str | None) -> tuple[int, dict[str, dict[str, str]]]:
+    r = app.cli("doctor", "--json", **env)
+    assert app.password not in r.output
+    return r.code, {c["name"]: c for c in json.loads(r.out)["checks"]}
+
+
+def test_doctor_names_each_replica_and_warns_when_one_is_far_behind(
+        created: App, replica: StreamingReplica) -> None:
+    replica.catch_up()
+    code, checks = doctor(created)
+    assert code == 0
+    check = checks["replication"]
+    assert check["status"] == "pass", check
+    assert check["detail"].startswith("a primary with 1 streaming replica(s): ")
+    assert f"{replica.name} (127.0.0.1) streaming, 0 bytes behind" in check["detail"]
+    with replica.paused():
+        with created.connect() as conn:  # ~20 MB of WAL the paused standby cannot replay
+            conn.execute("CREATE TABLE bulk AS SELECT g, repeat('x', 100) AS pad"
+                         " FROM generate_series(1, 150000) g")
+        code, checks = doctor(created)
+    assert code == 0  # a warning, not a failure
+    check = checks["replication"]
+    assert check["status"] == "warn", check
+    assert f"{replica.name} (127.0.0.1) streaming, " in check["detail"]
+    assert " MB behind" in check["detail"] and "--wait-replicas" in check["hint"]
+
+
+def test_doctor_on_a_standby_says_so(on_standby: tuple[App, dict[str, str]],
+                                     replica: StreamingReplica) -> None:
+    app, standby = on_standby
+    code, checks = doctor(app, **standby)
+    check = checks["replication"]
+    assert check["status"] == "warn", check
+    assert check["detail"].startswith("a standby (in recovery, read-only): ")
+    assert HINT in check["hint"]
+    assert checks["server"]["status"] == "pass"
+    with replica.paused():
+        _, checks = doctor(app, **standby)
+    assert "replay is paused" in checks["replication"]["detail"]
+
+
+def test_doctor_reports_an_idle_slot_and_fails_a_lost_one(
+        created: App, admin_conn: psycopg.Connection) -> None:
+    """A slot nobody streams from keeps WAL (a warning); once max_slot_wal_keep_size let the
+    server remove WAL it still needed, its replica can never catch up (a failure)."""
+    slot = f"slot_{created.db}"
+    admin_conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+    try:
+        code, checks = doctor(created)
+        assert code == 0
+        check = checks["replication"]
+        assert check["status"] == "warn", check
+        assert f"slot {slot} (physical): nobody streams from it, it keeps " in check["detail"]
+        admin_conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        # (the checkpointer handles the reload's signal before the CHECKPOINT asked after it)
+        admin_conn.execute("SELECT pg_reload_conf()")
+        with created.connect() as conn:  # > 2 WAL segments past the slot
+            conn.execute("CREATE TABLE bulk AS SELECT g, repeat('x', 100) AS pad"
+                         " FROM generate_series(1, 300000) g")
+        admin_conn.execute("SELECT pg_switch_wal()")
+        admin_conn.execute("CHECKPOINT")
+        code, checks = doctor(created)
+        assert code == 17
+        check = checks["replication"]
+        assert check["status"] == "fail", check
+        assert f"replication slot(s) {slot} lost the WAL their replica needs" in check["detail"]
+    finally:
+        admin_conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        admin_conn.execute("SELECT pg_reload_conf()")
+        admin_conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
