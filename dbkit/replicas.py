@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbkit")
 
-DEFAULT_WAIT_S = 30  # --wait-replicas without a value
 WAIT_APP = "dbkit (replica wait)"
 _SHOWN = 3  # replicas named in a one-line error
 

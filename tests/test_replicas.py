@@ -75,6 +75,9 @@ def test_reading_works_on_a_standby(on_standby: tuple[App, dict[str, str]]) -> N
     assert [a["id"] for a in report["applied"]] == ["0001_create_posts", "0002_create_users"]
     assert report["pending"][0] == "0003_add_post_owner"
     assert app.cli("verify", **standby).code == 0
+    assert app.cli("history", **standby).code == 0
+    r = app.cli("dump", **standby)
+    assert r.code == 0 and "CREATE TABLE public.users" in r.out, r.output
     assert app.cli("status", "--check", **standby).code == 10  # the gate reads a standby too
     r = app.cli("migrate", "--dry-run", **standby)  # a dry run writes nothing: allowed, warned
     assert r.code == 0, r.output
@@ -130,8 +133,8 @@ def test_wait_replicas_times_out_naming_the_replica_behind(
     assert f"replica {replica.name} (127.0.0.1), " in r.err and "bytes behind" in r.err
     assert "after 2s" in r.err and "--wait-replicas again" in r.err
     assert len(applied_on_primary(created)) == 6  # the migrations stay applied
-    # a re-run applies nothing and waits for the (resumed) replica only
-    r = created.cli("migrate", "--wait-replicas", "30")
+    # a re-run applies nothing and waits (30 s at most: the flag's default) for the resumed one
+    r = created.cli("migrate", "--wait-replicas")
     assert r.code == 0, r.output
     assert "nothing to apply" in r.out and "1 replica(s) replayed up to" in r.out
     assert has_table(replica.url_for(created.url), "votes")

@@ -88,9 +88,9 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
     else:
         lines.append(f"up to date: nothing to apply ({result.already_applied} applied)")
     if result.replicas and result.replicas.replicas:
-        lines.append(f"{len(result.replicas.replicas)} replica(s) replayed up to {result.replicas.lsn} in "
-                     f"{result.replicas.waited_s:.2f}s: "
-                     + ", ".join(r.label() for r in result.replicas.replicas))
+        wait = result.replicas
+        lines.append(f"{len(wait.replicas)} replica(s) replayed up to {wait.lsn} in "
+                     f"{wait.waited_s:.2f}s: " + ", ".join(r.label() for r in wait.replicas))
     emit(result.as_dict(), as_json, "\n".join(lines))
 
 
