@@ -80,15 +80,12 @@ class Replica:
 
 def replicas(conn: psycopg.Connection[Any], lsn: str | None = None) -> list[Replica]:
     """The physical streaming replicas of the primary ``conn`` is on, and how many bytes each
-    has still to replay up to ``lsn`` (default: the WAL written so far). Left out: base
-    backups in progress and logical replication (it ships rows, not the schema)."""
-    # pg_current_wal_insert_lsn, not pg_current_wal_lsn: with synchronous_commit off a
-    # commit's record may be inserted but not yet written, and the write position would
-    # come before it (replicas only get it once the WAL writer flushes, within
-    # wal_writer_delay).
+    has still to replay up to ``lsn`` (default: the WAL written so far, as monitoring usually
+    counts lag; ``sendable_lsn`` for a wait). Left out: base backups in progress and logical
+    replication (it ships rows, not the schema)."""
     rows = conn.execute(
         "SELECT s.application_name, host(s.client_addr), s.state, s.replay_lsn::text,"
-        " pg_wal_lsn_diff(coalesce(%s::pg_lsn, pg_current_wal_insert_lsn()),"
+        " pg_wal_lsn_diff(coalesce(%s::pg_lsn, pg_current_wal_lsn()),"
         " s.replay_lsn)::bigint, extract(epoch FROM s.replay_lag)::float8"
         " FROM pg_stat_replication s WHERE s.state IS DISTINCT FROM 'backup'"
         " AND NOT EXISTS (SELECT FROM pg_replication_slots r"
