@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dbkit import replicas
 from dbkit.admin import is_local
 from dbkit.db import connect, describe, row, value
 from dbkit.errors import DbkitError
@@ -32,6 +33,10 @@ PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 # auth methods by how much they protect a password-less or sniffed login
 WEAK_AUTH = {"trust": FAIL, "password": FAIL, "md5": WARN}
 LOCK_AGE_S = 5.0  # a lock held this long by an open transaction makes a migration wait
+# A replica further behind than this serves reads from an older schema for a noticeable while
+# after a migration (one WAL segment; seconds of replay_lag).
+REPLICA_LAG_BYTES = 16 * 1024 * 1024
+REPLICA_LAG_S = 10.0
 
 
 @dataclass
@@ -475,6 +480,67 @@ def _check_pooler(ctx: _Ctx) -> Check:
                  "if it is PgBouncer in transaction mode, set DBKIT_MIGRATE_URL to a direct URL")
 
 
+def _check_replication(ctx: _Ctx) -> Check:
+    """A standby (which migrate and seed refuse), or a primary's replicas and how far behind
+    each is; a replica that can never catch up (its slot lost the WAL it needs) fails."""
+    assert ctx.app is not None
+    if replicas.in_recovery(ctx.app):
+        return _standby_check(replicas.standby(ctx.app))
+    found = replicas.replicas(ctx.app)
+    if any(r.hidden for r in found) and ctx.admin is not None:
+        found = replicas.replicas(ctx.admin)  # the admin may read their positions
+    slots = [s for s in replicas.idle_slots(ctx.app) if s.lost or s.retained_bytes is not None]
+    lost = [s for s in slots if s.lost]
+    if lost:
+        return Check("replication", FAIL, "replication slot(s) "
+                     + ", ".join(s.name for s in lost) + " lost the WAL their replica needs: "
+                     "it can never catch up", "rebuild that replica from a new base backup "
+                     "and drop the old slot (pg_drop_replication_slot)")
+    if not found and not slots:
+        return Check("replication", PASS, "a primary; no streaming replicas")
+    if any(r.hidden for r in found):
+        return Check("replication", WARN, f"a primary with {len(found)} replica(s); their "
+                     f"positions are hidden from role {ctx.url.user}", "GRANT "
+                     f"pg_read_all_stats TO {ctx.url.user}, or set DBKIT_ADMIN_URL")
+    shown = [_replica_line(r) for r in found]
+    behind = [r for r in found if r.state != "streaming" or r.behind_bytes is None
+              or r.behind_bytes > REPLICA_LAG_BYTES or (r.replay_lag_s or 0) > REPLICA_LAG_S]
+    shown += [f"slot {s.name} ({s.kind}): nobody streams from it, it keeps "
+              f"{_size(s.retained_bytes or 0)} of WAL" for s in slots]
+    detail = f"a primary with {len(found)} streaming replica(s): " + "; ".join(shown)
+    if behind or slots:
+        return Check("replication", WARN, detail, "a replica behind serves the old schema "
+                     "after a migration: migrate --wait-replicas waits for them; a slot whose "
+                     "replica is gone keeps WAL until dropped (pg_drop_replication_slot)")
+    return Check("replication", PASS, detail)
+
+
+def _standby_check(st: replicas.Standby) -> Check:
+    parts = ["not streaming (restoring from an archive)" if st.receive_lsn is None
+             else f"{_size(max(st.unreplayed_bytes or 0, 0))} received but not yet replayed"]
+    if st.paused:
+        parts.append("replay is paused (SELECT pg_wal_replay_resume() resumes it)")
+    if st.last_replay_age_s is not None:
+        parts.append(f"last replayed commit {st.last_replay_age_s:.0f}s old")
+    return Check("replication", WARN, "a standby (in recovery, read-only): " + "; ".join(parts),
+                 "migrate and seed refuse a standby: point DATABASE_URL at the primary, or "
+                 "add ?target_session_attrs=read-write to a URL listing every host")
+
+
+def _replica_line(r: replicas.Replica) -> str:
+    lag = "" if r.replay_lag_s is None else f", replay lag {r.replay_lag_s:.1f}s"
+    behind = ("no replay position yet" if r.behind_bytes is None
+              else f"{_size(max(r.behind_bytes, 0))} behind")
+    return f"{r.label()} {r.state}, {behind}{lag}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _name(check: Callable[[_Ctx], Check]) -> str:
     return check.__name__.removeprefix("_check_").replace("_", "-")
 
@@ -483,5 +549,5 @@ CHECKS: list[Callable[[_Ctx], Check]] = [
     _check_server, _check_tls, _check_auth, _check_admin_role, _check_owner_role, _check_app_role,
     _check_bookkeeping, _check_public_connect,
     _check_pending_migrations, _check_drift, _check_locks, _check_long_transactions, _check_invalid_indexes,
-    _check_pooler,
+    _check_pooler, _check_replication,
 ]

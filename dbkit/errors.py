@@ -55,6 +55,20 @@ class UnsupportedServer(ConnectError):
     hint = "upgrade the server (PostgreSQL 15, 17 and 18 are tested)"
 
 
+class ReadOnlyServer(ConnectError):
+    """The server is a standby (in recovery, read-only): nothing can be written there."""
+
+    hint = ("use the primary's URL, or list every host and add "
+            "?target_session_attrs=read-write so libpq picks the primary")
+
+
+class ReplicasBehind(ConnectError):
+    """Streaming replicas did not replay the last commit within the wait."""
+
+    hint = ("dbkit doctor shows each replica's lag; dbkit migrate --wait-replicas again waits "
+            "for them without applying anything twice")
+
+
 class PermissionDenied(DbkitError):
     """The connected role lacks a privilege the operation needs."""
 

@@ -10,7 +10,8 @@ per database, so targets never wait for each other's migration lock.
 Library API::
 
     read_targets(path, settings) -> list[DbURL]            patterns (tenant_*) expanded
-    migrate_all(targets, settings, options, *, to=None, allow_unsafe=False) -> FleetReport
+    migrate_all(targets, settings, options, *, to=None, allow_unsafe=False,
+                wait_replicas_ms=None) -> FleetReport
     status_all(targets, settings, options, *, check=False) -> FleetReport
     verify_all(targets, settings, options) -> FleetReport
     doctor_all(targets, settings, options, *, long_transaction_s=300) -> FleetReport
@@ -325,11 +326,13 @@ def _signals() -> Iterator[_Stop]:
 # -- the commands -----------------------------------------------------------------------
 def migrate_all(targets: Sequence[DbURL], settings: Settings, options: FleetOptions,
                 *, to: str | None = None, allow_unsafe: bool = False,
+                wait_replicas_ms: int | None = None,
                 on_done: Progress | None = None) -> FleetReport:
     from dbkit.migrate import commands as m
 
     def work(target: Target) -> Outcome:
-        result = m.migrate(target, to=to, allow_unsafe=allow_unsafe)
+        result = m.migrate(target, to=to, allow_unsafe=allow_unsafe,
+                           wait_replicas_ms=wait_replicas_ms)
         return Outcome("", "applied" if result.applied else "up to date",
                        result=result.as_dict())
 

@@ -8,16 +8,19 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from dbkit.server import LocalServer, binary_major
+from dbkit.server import LocalServer, binary_major, find_pg_bin
 from dbkit.urls import DbURL
 
 # PostgreSQL majors the suite runs on, and where their binaries come from: the system's
@@ -133,3 +136,119 @@ def drop_everything(admin: DbURL, databases: list[str], roles: list[str]) -> Non
         for role in roles:
             with contextlib.suppress(psycopg.Error):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# -- a streaming replica of a throwaway cluster ------------------------------------------------
+@dataclass
+class StreamingReplica:
+    """A hot standby streaming from the suite's cluster: its own LocalServer (another port, the
+    same OS user), made from a base backup. ``name`` is its cluster_name, which the primary's
+    pg_stat_replication shows as application_name."""
+
+    server: LocalServer
+    primary: DbURL
+    name: str
+
+    @property
+    def port(self) -> int:
+        return int(self.server.state()["port"])
+
+    def url_for(self, url: DbURL) -> DbURL:
+        """``url`` (a URL of the primary) pointed at this standby: same role and database."""
+        return url.with_(host="127.0.0.1", port=self.port)
+
+    def admin(self) -> DbURL:
+        return self.url_for(self.primary)
+
+    def sql(self, query: str) -> list[tuple[object, ...]]:
+        import psycopg
+
+        with psycopg.connect(autocommit=True, **self.admin().connect_kwargs()) as conn:
+            return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+    def catch_up(self, timeout: float = 30) -> None:
+        """Return once this standby has replayed everything the primary has written so far."""
+        import psycopg
+
+        with psycopg.connect(autocommit=True, **self.primary.connect_kwargs()) as conn:
+            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+            # the throwaway cluster commits asynchronously: flush, or the tail may wait 15 s
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = local")
+                conn.execute("SELECT pg_current_xact_id()")
+            deadline = time.monotonic() + timeout
+            while True:
+                done = conn.execute(
+                    "SELECT bool_and(replay_lsn >= %s) FROM pg_stat_replication"
+                    " WHERE application_name = %s", (lsn[0] if lsn else None, self.name)
+                ).fetchone()
+                if done and done[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {self.name} did not catch up in {timeout}s")
+                time.sleep(0.01)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Replay paused for the block (WAL still arrives; nothing more is applied: the
+        startup process checks the request before each record), resumed after."""
+        self.sql("SELECT pg_wal_replay_pause()")
+        try:
+            yield
+        finally:
+            self.sql("SELECT pg_wal_replay_resume()")
+
+    def log_errors(self) -> list[str]:
+        """The ERROR lines of its server log so far (a refused command must add none)."""
+        try:
+            text = self.server.log_file.read_text(errors="replace")
+        except OSError:
+            return []
+        return [ln for ln in text.splitlines() if "ERROR:" in ln]
+
+
+@contextlib.contextmanager
+def streaming_replica(primary: DbURL, pg_bin: Path | None = None
+                      ) -> Iterator[StreamingReplica]:
+    """Start a streaming replica of the local cluster at ``primary`` (an admin URL with a
+    replication-capable role: initdb's superuser, and initdb's pg_hba.conf already admits
+    replication from 127.0.0.1): ``pg_basebackup -R -X stream -c fast`` (without ``-c fast`` it
+    waits for a checkpoint) into a fresh directory, started on a free port as the OS user that
+    runs the primary, with the same max_connections (a standby with fewer refuses to start).
+    Torn down after."""
+    bin_dir = _runnable(pg_bin or chosen_pg_bin() or find_pg_bin())
+    name = unique_name("replica")
+    base = Path(tempfile.mkdtemp(prefix="dbkit-replica-", dir=fast_tmp()))
+    os.chmod(base, 0o711)  # as root the server runs as 'postgres', which must reach its data
+    server = LocalServer(base / "standby", pg_bin=bin_dir, fast=True)
+    user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    try:
+        server.data_dir.mkdir(mode=0o711 if user else 0o700)
+        server.pgdata.mkdir(mode=0o700)
+        if user:
+            os.chown(server.pgdata, user.pw_uid, user.pw_gid)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSWORD"] = primary.password or ""
+        proc = subprocess.run(
+            [str(bin_dir / "pg_basebackup"), "-h", primary.host or "127.0.0.1",
+             "-p", str(primary.port or 5432), "-U", primary.user or "postgres",
+             "-D", str(server.pgdata), "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+            env=env, capture_output=True, text=True, timeout=120, cwd="/",
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+            extra_groups=[] if user else None)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {proc.stderr.strip()}")
+        with open(server.pgdata / "postgresql.conf", "a") as conf:
+            conf.write(f"\ncluster_name = '{name}'\n")  # its application_name upstream
+        server.password_file.write_text((primary.password or "") + "\n")
+        os.chmod(server.password_file, 0o600)
+        server.state_file.write_text(json.dumps({
+            "bin": str(bin_dir), "major": (server.pgdata / "PG_VERSION").read_text().strip(),
+            "port": None}))
+        server.start()  # a new port and socket; standby.signal (from -R) makes it a standby
+        replica = StreamingReplica(server, primary, name)
+        replica.catch_up()
+        yield replica
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)

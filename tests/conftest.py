@@ -15,7 +15,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
-from cluster import chosen_pg_bin, drop_everything, throwaway_cluster, unique_name
+from cluster import (
+    StreamingReplica,
+    chosen_pg_bin,
+    drop_everything,
+    streaming_replica,
+    throwaway_cluster,
+    unique_name,
+)
 
 from dbkit.cli import run
 from dbkit.urls import DbURL
@@ -30,6 +37,17 @@ def pg() -> Iterator[DbURL]:
     """Admin URL of the test server."""
     with throwaway_cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def replica(pg: DbURL) -> Iterator[StreamingReplica]:
+    """A hot standby streaming from ``pg``, started by the first test that asks for it (about
+    a second) and kept for the session: from then on ``pg`` has a replica in
+    pg_stat_replication."""
+    if os.environ.get("DBKIT_TEST_ADMIN_URL"):
+        pytest.skip("a replica needs the suite's own cluster (DBKIT_TEST_ADMIN_URL is set)")
+    with streaming_replica(pg) as standby:
+        yield standby
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from dbkit.urls import DbURL
 
 CHECKS = ["server", "tls", "auth", "admin-role", "owner-role", "app-role", "bookkeeping",
           "public-connect",
-          "pending-migrations", "drift", "locks", "long-transactions", "invalid-indexes", "pooler"]
+          "pending-migrations", "drift", "locks", "long-transactions", "invalid-indexes", "pooler",
+          "replication"]
 
 
 def _migrations(app, *names: str) -> Path:  # noqa: ANN001

@@ -163,6 +163,9 @@ STEPS = {
     "drop a database": (r"\bDROP DATABASE\b", "dbkit/pg.py"),
     "rename a database": (r"\bALTER DATABASE\b.*\bRENAME\b", "dbkit/pg.py"),
     "advisory locks": (r"\bpg_(try_)?advisory", "dbkit/pg.py"),
+    "replication state": (r"\bpg_is_in_recovery|\bpg_stat_replication|\bpg_replication_slots"
+                          r"|\bpg_current_wal_|\bpg_(last|is)_wal_|\bpg_wal_lsn_diff",
+                          "dbkit/replicas.py"),
 }
 
 

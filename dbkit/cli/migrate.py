@@ -58,19 +58,25 @@ def _render_plan(result: MigrateResult | RollbackResult, verb: str,
               "(findings are only warnings when DBKIT_ENV=development).")
 @_timeout_options
 @_migrations_option
+@click.option("--wait-replicas", "wait_replicas", is_flag=False, flag_value="30s", default=None,
+              metavar="[DURATION]",
+              help="Then wait (default 30s) until every streaming replica has replayed the "
+              "last commit; exit 4 naming the ones behind (needs pg_read_all_stats).")
 @fleet.fleet_options(canary=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: bool,
             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
-            targets: Path | None, parallel: int | None, per_server: int | None, canary: int,
-            fail_fast: bool, as_json: bool) -> None:
+            wait_replicas: str | None, targets: Path | None, parallel: int | None,
+            per_server: int | None, canary: int, fail_fast: bool, as_json: bool) -> None:
     """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL (or on every
     database in --targets FILE: exit 8 if any migration failed, 4 if a target was
     unreachable)."""
     from dbkit.migrate import commands as m
+    from dbkit.settings import parse_duration
 
     s = settings(lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                  migrations=migrations)
+    wait_ms = None if wait_replicas is None else parse_duration(wait_replicas, "--wait-replicas")
     if targets is not None:
         from dbkit.errors import ConfigError
         from dbkit.fleet import migrate_all
@@ -80,10 +86,11 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
                               hint="run them without --targets, on one database at a time")
         fleet.finish(migrate_all(fleet.load(s, targets), s,
                                  fleet.options(parallel, per_server, canary, fail_fast),
-                                 to=to, allow_unsafe=allow_unsafe,
+                                 to=to, allow_unsafe=allow_unsafe, wait_replicas_ms=wait_ms,
                                  on_done=fleet.progress(as_json)), as_json)
         return
-    result = m.migrate(s.target(), to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied)
+    result = m.migrate(s.target(), to=to, dry_run=dry_run, allow_unsafe=allow_unsafe, mark=mark_applied,
+                       wait_replicas_ms=wait_ms)
     _warn(result.warnings)
     if dry_run:
         plan = (_render_plan(result, "mark as applied", "-- (recorded only; not run)")
@@ -97,6 +104,10 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
                      f"{'marked as applied in' if mark_applied else 'applied to'} {result.database}")
     else:
         lines.append(f"up to date: nothing to apply ({result.already_applied} applied)")
+    if result.replicas and result.replicas.replicas:
+        wait = result.replicas
+        lines.append(f"{len(wait.replicas)} replica(s) replayed up to {wait.lsn} in "
+                     f"{wait.waited_s:.2f}s: " + ", ".join(r.label() for r in wait.replicas))
     emit(result.as_dict(), as_json, "\n".join(lines))
 
 

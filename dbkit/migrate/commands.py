@@ -10,7 +10,8 @@ for another database, e.g. a test template). Migrations reach it by ``target.mig
     status(target) -> StatusReport                          applied (with when), pending, drift
     verify(target) -> StatusReport                          raises DriftDetected
     accept(target, ids) -> list[str]                        records edited files (Flyway repair)
-    migrate(target, *, to=None, dry_run=False, allow_unsafe=False, mark=False) -> MigrateResult
+    migrate(target, *, to=None, dry_run=False, allow_unsafe=False, mark=False,
+            wait_replicas_ms=None) -> MigrateResult
     rollback(target, *, steps=1, to=None, all=False, dry_run=False) -> RollbackResult
     new_migration(settings, name) -> NewResult
     history(target, *, limit=None) -> list[Entry]
@@ -50,6 +51,7 @@ from dbkit.migrate.files import (
 from dbkit.migrate.files import new_migration as _new_files
 from dbkit.migrate.lock import MIGRATE_APP, MigrationLock
 from dbkit.migrate.runner import Ran, Runner, Timeouts
+from dbkit.replicas import ReplicaWait, in_recovery, wait_for_replicas
 from dbkit.urls import with_app
 
 if TYPE_CHECKING:
@@ -123,10 +125,12 @@ class _Run:
 class MigrateResult(_Run):
     applied: list[Ran] = field(default_factory=list)
     already_applied: int = 0
+    replicas: ReplicaWait | None = None  # --wait-replicas: what the wait saw
 
     def as_dict(self) -> dict[str, Any]:
         return {**self._base(), "applied": [r.as_dict() for r in self.applied],
-                "already_applied": self.already_applied}
+                "already_applied": self.already_applied,
+                "replicas": self.replicas.as_dict() if self.replicas else None}
 
 
 @dataclass
@@ -247,7 +251,8 @@ def _prologue(target: Target, to: str | None) -> tuple[Path, list[MigrationFile]
 
 
 def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
-            allow_unsafe: bool = False, mark: bool = False) -> MigrateResult:
+            allow_unsafe: bool = False, mark: bool = False,
+            wait_replicas_ms: int | None = None) -> MigrateResult:
     """Apply pending migrations in order (up to and including ``to``), each in its own
     transaction with its bookkeeping, one process at a time per database.
 
@@ -255,6 +260,11 @@ def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
     LintFindings unless ``allow_unsafe`` or DBKIT_ENV=development, where they are warnings.
     ``mark`` records them as applied without running them (adopting a database that already
     has that schema, like ``yoyo mark`` or ``alembic stamp``); it needs ``to``.
+
+    ``wait_replicas_ms``: afterwards (also when nothing was pending), wait that long at most
+    for every streaming replica to replay the last commit (``dbkit.replicas``); ReplicasBehind
+    (exit 4) when one has not, with the migrations left applied. A standby is refused before
+    anything is attempted (ReadOnlyServer, exit 4).
     """
     if mark and to is None:
         raise ConfigError("--mark-applied needs --to ID: the last migration the database "
@@ -265,7 +275,8 @@ def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
     if dry_run:
         with _reader(url, settings) as conn:
             state = read_state(conn)
-        result.warnings = _warnings(files, state, refuse_renames=False)
+            standby = in_recovery(conn)
+        result.warnings = _warnings(files, state, refuse_renames=False) + _standby(standby)
         pending = _pending(files, state, to)
         if not mark:  # marking runs nothing: nothing to lint
             result.warnings += lint_gate(pending, allow_unsafe, settings.env, preview=True)
@@ -283,7 +294,16 @@ def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
         for f in pending:
             result.applied.append(runner.mark(f) if mark else runner.run(f, "apply"))
         result.warnings = runner.notes + drifted + unsafe
+    if wait_replicas_ms is not None:  # after the lock is let go: waiters need not wait for this
+        result.replicas = wait_for_replicas(
+            url, settings, wait_replicas_ms, done=f"{len(result.applied)} migration(s) "
+            f"{'marked' if mark else 'applied'} on {url.dbname}")
     return result
+
+
+def _standby(standby: bool) -> list[str]:
+    return ["the server is a standby (read-only): the real run would be refused"] if standby \
+        else []
 
 
 def _warnings(files: list[MigrationFile], state: State, refuse_renames: bool) -> list[str]:
@@ -324,7 +344,8 @@ def rollback(target: Target, *, steps: int = 1, to: str | None = None, all: bool
     if dry_run:
         with _reader(url, settings) as conn:
             state = read_state(conn)
-        result.warnings = _warnings(files, state, refuse_renames=False)
+            standby = in_recovery(conn)
+        result.warnings = _warnings(files, state, refuse_renames=False) + _standby(standby)
         result.plan = [Planned(f.id, f.transactional, [s.sql for s in statements(_rb(f))])
                        for f in _rollback_targets(files, state, steps, to, all)]
         return result

@@ -30,6 +30,7 @@ from dbkit import pg
 from dbkit.db import connect, value
 from dbkit.errors import LockTimeout
 from dbkit.migrate.bookkeeping import YOYO_LOCK
+from dbkit.replicas import refuse_standby
 from dbkit.urls import with_app
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class MigrationLock:
         deadline = time.monotonic() + self.wait_ms / 1000 if self.wait_ms else None
         pause = 0.01
         try:
+            # migrate, rollback and accept all start here: on a standby, refuse before the
+            # lock (which a standby grants) and yoyo's lock row (which it cannot write)
+            refuse_standby(conn, self.url, f"change the migrations of {self.url.dbname}")
             while True:
                 conn.execute("BEGIN")
                 left = 0 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))

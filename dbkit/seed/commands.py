@@ -35,6 +35,7 @@ from dbkit.errors import (
     SchemaNotReady,
 )
 from dbkit.migrate.commands import pending_ids
+from dbkit.replicas import refuse_standby
 from dbkit.seed import files, merge
 from dbkit.seed.bulk import (
     COLUMNS,
@@ -187,6 +188,7 @@ def session(target: Target, dry_run: bool = False) -> Iterator[psycopg.Connectio
     committing = False
     with connect(target.url, target.settings) as conn:
         try:
+            refuse_standby(conn, target.url, "seed")  # its table locks are refused there
             check_schema(conn, target)
             with watch.around(conn), conn.transaction():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{wait_ms}ms"])
