@@ -383,7 +383,7 @@ def test_a_pool_session_alone_keeps_its_runs_clones_from_collection(app, admin_c
 
 
 @pytest.mark.parametrize(("setting", "workers", "expected"), [
-    ("auto", 1, (8, 4)), (None, 2, (4, 2)), ("auto", 8, (2, 1)), ("0", 4, (0, 1)),
+    ("auto", 1, (8, 4)), (None, 2, (4, 2)), ("auto", 3, (2, 1)), ("auto", 8, (2, 1)), ("0", 4, (0, 1)),
     ("5", 3, (5, 3)), ("64", 1, (64, 8))])
 def test_pool_budget(setting, workers, expected):
     assert pool.budget(setting, workers) == expected

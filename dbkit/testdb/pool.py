@@ -57,7 +57,8 @@ def budget(setting: str | int | None, workers: int = 1) -> tuple[int, int]:
     text = str(setting).strip().lower() if setting is not None else "auto"
     workers = max(1, workers)
     if text in ("", "auto"):
-        return max(2, math.ceil(AUTO_READY / workers)), max(1, math.ceil(AUTO_MAKERS / workers))
+        # rounded down: the run as a whole stays within the budget unless the minimum says not
+        return max(2, AUTO_READY // workers), max(1, AUTO_MAKERS // workers)
     try:
         size = int(text)
     except ValueError:
