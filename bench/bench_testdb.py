@@ -1,24 +1,30 @@
-"""Per-test database cost: dbkit's ``dbkit_db`` fixture vs a raw ``CREATE DATABASE … TEMPLATE``
-fixture vs pytest-postgresql's per-test ``postgresql`` fixture, all on the posts schema.
+"""Per-test database wait: dbkit's ``dbkit_db`` with its warm pool of clones, the same with the
+pool off (each clone made when the test asks), a raw ``CREATE DATABASE … TEMPLATE`` fixture and
+pytest-postgresql's per-test ``postgresql`` fixture; and the same tests with no database.
 
-Every test connects to its database and runs one query, against the same server.
-1. One pytest run in which the three variants take turns test by test, so the machine's noise
-   (other processes' disk and CPU) hits them alike; dbkit in its synchronous mode, so all of its
-   work is inside its tests' phases; per test = setup + call + teardown.
-2. Separate runs per variant, dbkit as the plugin runs by default (drops and the next clone in a
-   background thread): per test = median wall clock from one test's end to the next one's, so
-   background work counts wherever it lands; also the setup phase alone.
-The first test of each kind (it pays for session fixtures) is left out.
-Also: the library alone (clone + drop in a loop) vs the bare SQL, without pytest.
+One run measures both servers in turn: an fsync-off cluster (the test suite's kind) and a
+durable one (fsync on, as a CI service container runs). On each, every variant runs the same
+200 tests in its own pytest process, variants taking turns for ``BENCH_ROUNDS`` rounds so the
+machine's noise hits them alike. Each test does 20 ms of work with its own database: it
+connects, runs a query and sleeps out the rest of the 20 ms (the no-database variant sleeps the
+20 ms). Reported:
+  wait   what the test spends outside its own body (its setup + teardown: making, handing out
+         and dropping its database), p50 and p95 over every test of every round;
+  suite  wall clock from the first test's start to the last one's end (session fixtures,
+         template check and the pool's final drops included), median over rounds, and its ratio
+         to the no-database suite and to the same work on one shared database (what connecting
+         and querying cost by themselves, which no fixture can hide).
+Goals (issue 16): fsync off, pool: wait p50 <= 5 ms, p95 <= 20 ms, suite <= 1.15x no database;
+durable: pool wait >= 3x shorter than the raw fixture's.
 
 pytest-postgresql is not a dbkit dependency. Install it somewhere of its own and point
 BENCH_EXTRA_PATH at it (it is then loaded only by these runs), e.g.::
 
     pip install --target /tmp/bench-pkgs --no-deps pytest-postgresql mirakuru port-for psutil
-    BENCH_EXTRA_PATH=/tmp/bench-pkgs python -m bench.bench_testdb
+    BENCH_EXTRA_PATH=/tmp/bench-pkgs python -m bench testdb
 
-Without it, that column is skipped. The server is a durable local cluster (fsync on, as a CI
-service container runs), or DBKIT_TEST_ADMIN_URL's; BENCH_FAST=1 uses the fsync-off test cluster.
+Without it, that variant is skipped. BENCH_N (default 200) and BENCH_ROUNDS (default 2) size
+the run; DBKIT_TEST_ADMIN_URL replaces the fsync-off cluster with a given server.
 """
 
 from __future__ import annotations
@@ -33,12 +39,15 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import cluster, interleaved, median, save, table
+from bench.common import cluster, save
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATIONS = REPO / "migrations"
+WORK_S = 0.020
 
 
 @contextlib.contextmanager
@@ -56,35 +65,55 @@ def durable_cluster() -> Iterator[Any]:
         server.destroy()
         shutil.rmtree(base, ignore_errors=True)
 
-REPO = Path(__file__).resolve().parent.parent
-MIGRATIONS = REPO / "migrations"
 
 CONFTEST = '''
-import json, os
+import json, os, time
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-DURATIONS = {}
+PHASES = {}
 
 
 def pytest_runtest_logreport(report):
-    DURATIONS.setdefault(report.nodeid, {})[report.when] = [report.duration, report.stop]
+    PHASES.setdefault(report.nodeid, {})[report.when] = [report.duration, report.start,
+                                                         report.stop]
 
 
 def pytest_sessionfinish(session):
-    Path(os.environ["BENCH_OUT"]).write_text(json.dumps(DURATIONS))
+    Path(os.environ["BENCH_OUT"]).write_text(json.dumps(PHASES))
 
 
 ADMIN = json.loads(os.environ["BENCH_ADMIN"])
+WORK_S = float(os.environ["BENCH_WORK_S"])
+
+
+def work(connect):
+    """The test's 20 ms: connect, one query, then sleep out the rest."""
+    started = time.perf_counter()
+    if connect is not None:
+        with connect() as conn:
+            assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+    time.sleep(max(0.0, WORK_S - (time.perf_counter() - started)))
 
 
 @pytest.fixture(scope="session")
 def raw_admin():
     with psycopg.connect(autocommit=True, **ADMIN) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def shared_db(raw_admin):
+    """One database for every test: the same work, without a database per test."""
+    name = "bench_shared"
+    raw_admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    raw_admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(os.environ["BENCH_TEMPLATE"])))
+    yield {**ADMIN, "dbname": name}
+    raw_admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
@@ -109,183 +138,179 @@ if os.environ.get("BENCH_PPG"):
 '''
 
 TESTS = '''
+import os
+
 import psycopg
 import pytest
+from conftest import work
 
-N = int(__import__("os").environ["BENCH_N"])
+N = range(int(os.environ["BENCH_N"]))
 
 
-@pytest.mark.parametrize("i", range(N))
+@pytest.mark.parametrize("i", N)
+def test_none(i):
+    work(None)
+
+
+@pytest.mark.parametrize("i", N)
+def test_shared(shared_db, i):
+    work(lambda: psycopg.connect(**shared_db))
+
+
+@pytest.mark.parametrize("i", N)
 def test_dbkit(dbkit_db, i):
-    with psycopg.connect(**dbkit_db.connect_kwargs()) as conn:
-        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+    work(lambda: psycopg.connect(**dbkit_db.connect_kwargs()))
 
 
-@pytest.mark.parametrize("i", range(N))
+@pytest.mark.parametrize("i", N)
 def test_raw(raw_db, i):
-    with psycopg.connect(**raw_db) as conn:
-        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+    work(lambda: psycopg.connect(**raw_db))
 
 
-@pytest.mark.parametrize("i", range(N))
+@pytest.mark.parametrize("i", N)
 def test_ppg(postgresql, i):
-    assert postgresql.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
-
-
-VARIANTS = __import__("os").environ.get("BENCH_VARIANTS", "dbkit,raw").split(",")
-FIXTURE = {"dbkit": "dbkit_db", "raw": "raw_db", "ppg": "postgresql"}
-
-
-@pytest.mark.parametrize("i,variant", [(i, v) for i in range(N) for v in VARIANTS])
-def test_mixed(request, i, variant):
-    """The variants take turns, so whatever else the machine does hits them alike."""
-    db = request.getfixturevalue(FIXTURE[variant])
-    if variant == "ppg":
-        assert db.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
-        return
-    kw = db.connect_kwargs() if variant == "dbkit" else db
-    with psycopg.connect(**kw) as conn:
-        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+    work(lambda: psycopg.connect(**{k: v for k, v in postgresql.info.get_parameters().items()},
+                                 password=postgresql.info.password))
 '''
 
-
-def per_test_ms(out: Path) -> float:
-    """Wall clock from one test's end to the next one's: background work that overlaps the
-    gaps between phases is counted too (a sum of phase durations would miss it)."""
-    ends = [phases["teardown"][1] for phases in json.loads(out.read_text()).values()]
-    return statistics.median([b - a for a, b in zip(ends, ends[1:], strict=False)]) * 1000
-
-
-def mixed_ms(out: Path) -> dict[str, list[float]]:
-    """setup+call+teardown of each test of the interleaved run, by variant (first ones out)."""
-    by: dict[str, list[float]] = {}
-    for nodeid, phases in json.loads(out.read_text()).items():
-        variant = nodeid.rsplit("-", 1)[1].rstrip("]")
-        by.setdefault(variant, []).append(sum(p[0] for p in phases.values()))
-    return {v: xs[1:] for v, xs in by.items()}
-
-
-def setup_ms(out: Path, which: str) -> float:
-    data = json.loads(out.read_text())
-    return statistics.median([p[which][0] for p in list(data.values())[1:]]) * 1000
+# variant: (test function, extra pytest arguments)
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "none": ("test_none", ()),
+    "shared": ("test_shared", ()),
+    "pool": ("test_dbkit", ()),
+    "plain": ("test_dbkit", ("--dbkit-pool=0",)),
+    "raw": ("test_raw", ()),
+    "ppg": ("test_ppg", ()),
+}
+LABELS = {"none": "no database", "shared": "one shared database (same work, no database per test)",
+          "pool": "dbkit_db, pool on (default)",
+          "plain": "dbkit_db, pool off (--dbkit-pool=0)",
+          "raw": "raw CREATE DATABASE … TEMPLATE fixture",
+          "ppg": "pytest-postgresql `postgresql`"}
 
 
-def main(n: int = 40, rounds: int = 5, loops: int = 30) -> list[dict[str, object]]:
+def read_run(out: Path) -> tuple[list[float], float]:
+    """(each test's wait in seconds, the suite's wall clock in seconds)."""
+    phases = json.loads(out.read_text())
+    waits = [p["setup"][0] + p["teardown"][0] for p in phases.values()]
+    starts = [p["setup"][1] for p in phases.values()]
+    stops = [p["teardown"][2] for p in phases.values()]
+    return waits, max(stops) - min(starts)
+
+
+def pct(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def one_server(kind: str, admin: Any, variants: list[str], n: int, rounds: int,
+               extra: str) -> list[dict[str, object]]:
     from dbkit.settings import Settings
     from dbkit.testdb.clones import CloneSession
 
-    extra = os.environ.get("BENCH_EXTRA_PATH", "")
-    has_ppg = (bool(extra) and (Path(extra) / "pytest_postgresql").is_dir()
-               or importlib.util.find_spec("pytest_postgresql") is not None)
-    rows: list[dict[str, object]] = []
-    fast = os.environ.get("BENCH_FAST") == "1" or os.environ.get("DBKIT_TEST_ADMIN_URL")
-    server = cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) if fast else durable_cluster()
-    with server as admin, \
-            tempfile.TemporaryDirectory(prefix="dbkit-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dbkit-bench-") as tmp:
         project = Path(tmp)
         (project / "conftest.py").write_text(textwrap.dedent(CONFTEST))
         (project / "test_bench.py").write_text(textwrap.dedent(TESTS))
         (project / "pytest.ini").write_text(f"[pytest]\ndbkit_migrations = {MIGRATIONS}\n")
         settings = Settings.load(flags={"admin_url": admin.render(reveal=True),
                                         "migrations": str(MIGRATIONS)}, environ={}, cwd=project)
-        session = CloneSession(settings, admin)  # builds the template both fixtures clone
+        session = CloneSession(settings, admin)  # builds the template every variant clones
+        template = session.template.name
+        session.close()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DBKIT_", "PG")) and k != "DATABASE_URL"}
         kw = admin.connect_kwargs()
         env.update(DBKIT_ADMIN_URL=admin.render(reveal=True), BENCH_N=str(n),
-                   BENCH_TEMPLATE=session.template.name, BENCH_MIGRATIONS=str(MIGRATIONS),
+                   BENCH_TEMPLATE=template, BENCH_MIGRATIONS=str(MIGRATIONS),
+                   BENCH_WORK_S=str(WORK_S),
                    BENCH_ADMIN=json.dumps({k: kw[k] for k in ("host", "port", "user", "password")}))
-        if has_ppg:
+        if "ppg" in variants:
             env.update(BENCH_PPG="1")
         if extra:
             env.update(PYTHONPATH=os.pathsep.join([extra, env.get("PYTHONPATH", "")]))
 
-        def run(variant: str, *extra: str) -> Path:
-            out = project / f"{variant}.json"
+        def run(variant: str, i: int) -> tuple[list[float], float]:
+            test, args = VARIANTS[variant]
+            out = project / f"{variant}-{i}.json"
             proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   "-k", f"test_{variant}", *extra, "test_bench.py"], cwd=project,
-                                  env={**env, "BENCH_OUT": str(out)}, capture_output=True,
-                                  text=True, timeout=600)
+                                   "-p", "no:randomly", "-k", test, *args, "test_bench.py"],
+                                  cwd=project, env={**env, "BENCH_OUT": str(out)},
+                                  capture_output=True, text=True, timeout=1200)
             if proc.returncode != 0:
-                raise SystemExit(f"{variant} run failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
-            return out
+                raise SystemExit(f"{variant} run failed:\n{proc.stdout[-3000:]}"
+                                 f"{proc.stderr[-2000:]}")
+            return read_run(out)
 
-        variants = ["dbkit", "raw"] + (["ppg"] if has_ppg else [])
-        env["BENCH_VARIANTS"] = ",".join(variants)
-        # 1. Interleaved in one run; dbkit in its synchronous mode so every bit of its work
-        #    lands inside its own tests' phases.
-        mixed: dict[str, list[float]] = {v: [] for v in variants}
-        for _ in range(rounds):
-            for v, xs in mixed_ms(run("mixed", "-o", "dbkit_background=false")).items():
-                mixed[v] += xs
-        mixed_values = {v: median(xs) * 1000 for v, xs in mixed.items()}
-        lines = [("dbkit_db (sync) vs raw CREATE DATABASE … TEMPLATE", "dbkit", "raw")]
-        if has_ppg:
-            lines.append(("dbkit_db (sync) vs pytest-postgresql `postgresql`", "dbkit", "ppg"))
-        print(f"\nserver: {'given/fsync-off' if fast else 'durable local cluster (fsync on)'}")
-        rows += table(f"Per test, variants interleaved in one run ({rounds}x{n} tests each; "
-                      "setup+call+teardown)", lines, {}, values=mixed_values)
-
-        # 2. Separate runs, wall clock: dbkit as the plugin runs by default (background work).
-        per_test: dict[str, list[float]] = {v: [] for v in variants}
-        setups: dict[str, list[float]] = {v: [] for v in variants}
-        for _ in range(rounds):
+        waits: dict[str, list[float]] = {v: [] for v in variants}
+        walls: dict[str, list[float]] = {v: [] for v in variants}
+        for i in range(rounds):
             for v in variants:
-                out = run(v)
-                per_test[v].append(per_test_ms(out))
-                setups[v].append(setup_ms(out, "setup"))
-        for v in variants:
-            print(f"{v}: per-test wall clock of each run (ms): "
-                  + ", ".join(f"{x:.1f}" for x in per_test[v]))
-        values = {f"{v} {kind}": median(d[v]) for kind, d in (("test", per_test), ("setup", setups))
-                  for v in variants}
-        print(f"\n{n} tests per run, {rounds} interleaved runs per variant; "
-              f"medians of the per-run medians")
-        lines = [("dbkit_db vs raw CREATE DATABASE … TEMPLATE (wall clock per test)",
-                  "dbkit test", "raw test"),
-                 ("dbkit_db vs raw CREATE DATABASE … TEMPLATE (setup only)",
-                  "dbkit setup", "raw setup")]
-        if has_ppg:
-            lines += [("dbkit_db vs pytest-postgresql `postgresql` (wall clock per test)",
-                       "dbkit test", "ppg test"),
-                      ("dbkit_db vs pytest-postgresql `postgresql` (setup only)",
-                       "dbkit setup", "ppg setup")]
-        rows += table("Per test, separate runs per variant (dbkit with background drop/prefetch)",
-                      lines, {}, values=values)
+                w, wall = run(v, i)
+                waits[v] += w
+                walls[v].append(wall)
+                print(f"  {kind} round {i + 1} {v}: wait p50 {pct(w, .5) * 1000:.1f} ms, "
+                      f"p95 {pct(w, .95) * 1000:.1f} ms, suite {wall:.2f} s", flush=True)
 
-        # The library alone, no pytest: clone+drop vs the bare statements on one connection.
-        from psycopg import sql
+    none_wall = statistics.median(walls["none"])
+    shared_wall = statistics.median(walls["shared"])
+    raw_p50 = pct(waits["raw"], .5)
+    print(f"\n## {kind}: {n} tests x {rounds} rounds, each test 20 ms of work with its own "
+          "database\n")
+    print("| variant | wait p50 (ms) | wait p95 (ms) | suite (s) | suite / no database "
+          "| suite / one shared database | raw fixture's wait p50 / this one's |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows: list[dict[str, object]] = []
+    for v in variants:
+        p50, p95 = pct(waits[v], .5) * 1000, pct(waits[v], .95) * 1000
+        wall = statistics.median(walls[v])
+        vs_raw = raw_p50 / max(pct(waits[v], .5), 1e-6)
+        own = v not in ("none", "shared")
+        print(f"| {LABELS[v]} | {p50:.1f} | {p95:.1f} | {wall:.2f} | {wall / none_wall:.2f}x "
+              f"| {wall / shared_wall:.2f}x | {f'{vs_raw:.1f}x' if own else ''} |")
+        rows.append({"server": kind, "variant": v, "wait_p50_ms": round(p50, 2),
+                     "wait_p95_ms": round(p95, 2), "suite_s": round(wall, 3),
+                     "suite_vs_none": round(wall / none_wall, 3),
+                     "suite_vs_shared": round(wall / shared_wall, 3),
+                     "raw_wait_vs_this": round(vs_raw, 2)})
+    return rows
 
-        conn = session.conn
-        counter = iter(range(10**6))
 
-        def bare() -> None:
-            name = f"bench_bare_{next(counter)}"
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(session.template.name)))
-            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+def goals(rows: list[dict[str, object]]) -> None:
+    by = {(r["server"], r["variant"]): r for r in rows}
+    fast, durable = by.get(("fsync off", "pool")), by.get(("durable", "pool"))
+    print("\n## Goals (issue 16)\n")
+    if fast:
+        for what, got, goal in (("fsync off: pool wait p50", fast["wait_p50_ms"], "<= 5 ms"),
+                                ("fsync off: pool wait p95", fast["wait_p95_ms"], "<= 20 ms"),
+                                ("fsync off: pool suite / no database", fast["suite_vs_none"],
+                                 "<= 1.15x"),
+                                ("fsync off: pool suite / the same work on one shared database",
+                                 fast["suite_vs_shared"], "<= 1.15x")):
+            limit = float(goal.split()[1].rstrip("x"))
+            print(f"- {what}: {got} (goal {goal}): {'met' if float(str(got)) <= limit else 'MISSED'}")
+    if durable:
+        got = float(str(durable["raw_wait_vs_this"]))
+        print(f"- durable: raw fixture's wait / pool's: {got:.1f}x (goal >= 3x): "
+              f"{'met' if got >= 3 else 'MISSED'}")
 
-        def lib() -> None:
-            url = session.clone()
-            session.drop(url.dbname or "")
 
-        def clone_only() -> None:
-            name = f"bench_bare_{next(counter)}"
-            started = time.perf_counter()
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(session.template.name)))
-            clone_times.append(time.perf_counter() - started)
-            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
-
-        clone_times: list[float] = []
-        times = interleaved({"dbkit clone+drop": lib, "bare clone+drop": bare,
-                             "bare clone": clone_only}, runs=loops, warmup=2)
-        rows += table("Library, no pytest", [("CloneSession.clone()+drop() vs bare SQL",
-                                               "dbkit clone+drop", "bare clone+drop")], times)
-        print(f"\nfloor: bare CREATE DATABASE … TEMPLATE alone, median "
-              f"{median(clone_times[2:]) * 1000:.1f} ms")
-        session.close()
-    save("testdb_fast" if fast else "testdb", rows)
+def main(n: int | None = None, rounds: int | None = None) -> list[dict[str, object]]:
+    n = n or int(os.environ.get("BENCH_N", "200"))
+    rounds = rounds or int(os.environ.get("BENCH_ROUNDS", "2"))
+    extra = os.environ.get("BENCH_EXTRA_PATH", "")
+    has_ppg = (bool(extra) and (Path(extra) / "pytest_postgresql").is_dir()
+               or importlib.util.find_spec("pytest_postgresql") is not None)
+    variants = ["none", "shared", "pool", "plain", "raw"] + (["ppg"] if has_ppg else [])
+    if not has_ppg:
+        print("pytest-postgresql not found (see BENCH_EXTRA_PATH): its variant is skipped")
+    rows: list[dict[str, object]] = []
+    with cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) as admin:
+        rows += one_server("fsync off", admin, variants, n, rounds, extra)
+    with durable_cluster() as admin:
+        rows += one_server("durable", admin, variants, n, rounds, extra)
+    goals(rows)
+    save("testdb", rows)
     return rows
 
 

@@ -89,6 +89,15 @@ def session_lock(conn: psycopg.Connection[Any], key: LockKey) -> None:
     conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(args), params)
 
 
+def session_lock_shared(conn: psycopg.Connection[Any], key: LockKey) -> None:
+    """Take ``key`` in shared mode until the session ends: any number of sessions may hold it
+    so, and an exclusive ``try_session_lock`` succeeds only once every one of them is gone."""
+    from psycopg import sql
+
+    args, params = _key_sql(key)
+    conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({})").format(args), params)
+
+
 def try_session_lock(conn: psycopg.Connection[Any], key: LockKey) -> bool:
     from psycopg import sql
 

@@ -1,5 +1,6 @@
 """The pytest plugin, run the way users run it: a separate pytest process on a sample module,
-plain and under pytest-xdist, passing, failing, interrupted and killed."""
+plain and under pytest-xdist, passing, failing, interrupted and killed; with the clone pool on
+(the default) unless a test turns it off."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from dbkit.urls import DbURL
 
 SAMPLE = Path(__file__).resolve().parent / "plugin_sample" / "sample_dbkit.py"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-PASSING = 11  # tests in the sample that run without DBKIT_SAMPLE_* switches
+PASSING = 12  # tests in the sample that run without DBKIT_SAMPLE_* switches
 
 
 @pytest.fixture
@@ -57,9 +58,11 @@ def passed(proc: subprocess.CompletedProcess) -> int:
     return int(m.group(1)) if m else 0
 
 
-@pytest.mark.parametrize("background", ["true", "false"])
-def test_sample_passes_under_plain_pytest_and_leaves_no_database(project, pg, background):
-    proc = run_sample(project, pg, "-o", f"dbkit_background={background}")
+@pytest.mark.parametrize("mode", [("-o", "dbkit_background=true"), ("-o", "dbkit_background=false"),
+                                  ("--dbkit-pool=0",), ("-o", "dbkit_pool=2")],
+                         ids=["pool-auto", "no-background", "pool-off", "pool-2"])
+def test_sample_passes_under_plain_pytest_and_leaves_no_database(project, pg, mode):
+    proc = run_sample(project, pg, *mode)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert passed(proc) == PASSING
     assert clones(pg) == []
@@ -80,11 +83,11 @@ def test_a_failing_run_leaves_no_database(project, pg):
     assert clones(pg) == []
 
 
-def start_hanging(project: Path, pg: DbURL) -> tuple[subprocess.Popen, str]:
+def start_hanging(project: Path, pg: DbURL, *args: str) -> tuple[subprocess.Popen, str]:
     flag = project / "hanging"
     # Ctrl-C must reach it as Ctrl-C even when this suite was started in the background, where
     # the shell leaves SIGINT ignored and children inherit that.
-    proc = subprocess.Popen(pytest_cmd("-k", "hangs"), cwd=project,
+    proc = subprocess.Popen(pytest_cmd("-k", "hangs", *args), cwd=project,
                             env=env_for(pg, DBKIT_SAMPLE_HANG=str(flag)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True,
@@ -117,6 +120,63 @@ def test_a_killed_runs_databases_are_collected_next_time(project, pg):
     again = run_sample(project, pg, "-k", "template_is_migrated")
     assert again.returncode == 0, again.stdout + again.stderr
     assert clones(pg) == []
+
+
+def made_ahead(pg: DbURL, dbname: str) -> list[str]:
+    """The hanging run's clones that no test holds: the pool's ready ones."""
+    run_prefix = dbname.rsplit("_", 1)[0] + "_"
+    return [n for n in clones(pg) if n.startswith(run_prefix) and n != dbname
+            and not n.endswith("_shared")]
+
+
+def test_a_run_killed_while_its_pool_holds_ready_clones_is_collected_next_time(project, pg):
+    proc, dbname = start_hanging(project, pg, "-o", "dbkit_pool=3")
+    deadline = time.monotonic() + 30
+    while not made_ahead(pg, dbname) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the pool makes the next test's clone while this one hangs
+    ready = made_ahead(pg, dbname)
+    assert ready, "the pool made no clone ahead"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    time.sleep(0.2)
+    assert set(ready) <= set(clones(pg))  # a kill leaves them behind …
+    again = run_sample(project, pg, "-k", "template_is_migrated")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert clones(pg) == []  # … and the next run collects them
+
+
+def test_an_interrupted_run_with_ready_clones_leaves_no_database(project, pg):
+    proc, dbname = start_hanging(project, pg, "-o", "dbkit_pool=3")
+    deadline = time.monotonic() + 30
+    while not made_ahead(pg, dbname) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made_ahead(pg, dbname)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert "KeyboardInterrupt" in out
+    assert clones(pg) == []
+
+
+def test_a_bad_pool_setting_is_one_usage_error(project, pg):
+    proc = run_sample(project, pg, "--dbkit-pool=lots")
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
+    assert "dbkit_pool must be 'auto' or a number of clones" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_dbkit_url_connects_and_its_password_stays_out_of_failure_output(project, pg):
+    from dbkit.testdb.template import owner_password
+
+    secret = owner_password(pg)
+    assert secret, "the test cluster's admin has a password, so the test role has one"
+    proc = run_sample(project, pg, "-k", "leak or url_connects", "-l", "-rA",
+                      DBKIT_SAMPLE_LEAK="1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert passed(proc) == 1 and "3 failed" in out  # the URL connects; the three leaks fail
+    assert "somewhere/else" in out and "cannot use postgresql://dbkit_test:***@" in out
+    assert "connecting to postgresql://dbkit_test:***@" in out  # captured output, masked
+    assert secret not in out
 
 
 def test_unreachable_server_is_one_clear_failure(project, pg):

@@ -17,9 +17,10 @@ from psycopg import sql
 
 from dbkit import pg
 from dbkit.admin import resolve
+from dbkit.errors import ConfigError
 from dbkit.server import free_port
 from dbkit.settings import Settings
-from dbkit.testdb import clones
+from dbkit.testdb import clones, pool
 from dbkit.testdb import template as testdb
 from dbkit.urls import DbURL
 
@@ -283,23 +284,115 @@ def test_clones_of_a_dead_session_are_collected_live_ones_kept(app, admin_conn, 
     assert live_db not in dbs_with(admin_conn, testdb.PLUGIN_PREFIX)
 
 
-def test_background_session_prefetches_and_close_leaves_nothing(app, admin_conn, migrations):
+def test_pool_hands_out_clones_made_ahead_and_close_leaves_nothing(app, admin_conn, migrations):
     s = settings_for(app, migrations)
-    session = clones.CloneSession(s, resolve(s), worker="bg", background=True)
+    session = clones.CloneSession(s, resolve(s), worker="bg", background=True, pool=3, makers=2)
     try:
+        assert session.pool is not None and session.pool.settle(60)
+        assert session.pool.ready() == 3  # made before anyone asked
         urls = []
-        for _ in range(3):
+        for _ in range(5):
             url = session.clone()
             assert schema_of(url)["tables"] == ["posts", "users", "votes"]
             urls.append(url)
             session.drop(url.dbname)
-        prefetched = session._next[1]  # the next test's clone is already on its way
-        assert prefetched not in {u.dbname for u in urls}
-        session._next[0].result(timeout=30)
-        assert prefetched in dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token)
+        assert len({u.dbname for u in urls}) == 5
+        assert session.pool.stats["ready"] == 5 and session.pool.stats["direct"] == 0
+        assert session.pool.settle(60)
+        mine = dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token)
+        assert 1 <= len(mine) <= 3 and not {u.dbname for u in urls} & set(mine)  # used: dropped
     finally:
         session.close()
     assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
+
+
+def test_pool_makes_no_more_than_the_tests_ask_for(app, admin_conn, migrations):
+    s = settings_for(app, migrations)
+    session = clones.CloneSession(s, resolve(s), worker="few", background=True, pool=6,
+                                  makers=2, demand=2)
+    try:
+        assert session.pool is not None and session.pool.settle(60)
+        assert len(dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token)) == 2
+        for _ in range(2):
+            session.drop(session.clone().dbname)
+        assert session.pool.settle(60)
+        assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
+    finally:
+        session.close()
+
+
+def test_pool_never_hands_out_a_clone_of_a_stale_template(app, admin_conn, migrations):
+    s = settings_for(app, migrations)
+    session = clones.CloneSession(s, resolve(s), worker="stale", background=True, pool=3,
+                                  makers=2)
+    try:
+        assert session.pool is not None and session.pool.settle(60)
+        old = set(dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token))
+        assert len(old) == 3
+        old_template = session.template.name
+        (migrations / "9999_extra.sql").write_text("CREATE TABLE extra (id int);\n")
+        url = session.clone()
+        assert url.dbname not in old
+        assert "extra" in schema_of(url)["tables"]
+        assert session.template.name != old_template
+        assert session.pool.stats["discarded"] == 3
+        session.drop(url.dbname)
+        assert session.pool.settle(60)
+        now = set(dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token))
+        assert not now & old  # the old template's clones went
+        for name in now:
+            assert "extra" in schema_of(session.url(name))["tables"]
+    finally:
+        session.close()
+    assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
+
+
+def test_pool_follows_a_template_another_run_dropped(app, admin_conn, migrations):
+    s = settings_for(app, migrations)
+    session = clones.CloneSession(s, resolve(s), worker="gone", background=True, pool=2,
+                                  makers=1)
+    try:
+        assert session.pool is not None and session.pool.settle(60)
+        for _ in range(2):  # the ready ones are whole clones: fine to hand out
+            session.drop(session.clone().dbname)
+        pg.drop_database(admin_conn, session.template.name, template=True)  # testdb drop --all
+        urls = [session.clone() for _ in range(3)]
+        for url in urls:
+            assert schema_of(url)["tables"] == ["posts", "users", "votes"]
+            session.drop(url.dbname)
+    finally:
+        session.close()
+    assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
+
+
+def test_a_pool_session_alone_keeps_its_runs_clones_from_collection(app, admin_conn, migrations):
+    """Clones are collected only once every session of their run is gone: the pool's too."""
+    s = settings_for(app, migrations)
+    session = clones.CloneSession(s, resolve(s), worker="held", background=True, pool=1,
+                                  makers=1)
+    try:
+        assert session.pool is not None and session.pool.settle(60)
+        session.conn.close()  # the main session gone; the pool's thread still holds the token
+        assert clones.collect_stale(admin_conn, own_token=None) == []
+    finally:
+        session.close()
+    dropped = clones.collect_stale(admin_conn, own_token=None)  # every session gone now
+    assert dropped == [] or all(n.startswith(testdb.PLUGIN_PREFIX + session.token)
+                                for n in dropped)
+    assert dbs_with(admin_conn, testdb.PLUGIN_PREFIX + session.token) == []
+
+
+@pytest.mark.parametrize(("setting", "workers", "expected"), [
+    ("auto", 1, (8, 4)), (None, 2, (4, 2)), ("auto", 3, (2, 1)), ("auto", 8, (2, 1)), ("0", 4, (0, 1)),
+    ("5", 3, (5, 3)), ("64", 1, (64, 8))])
+def test_pool_budget(setting, workers, expected):
+    assert pool.budget(setting, workers) == expected
+
+
+@pytest.mark.parametrize("setting", ["lots", "-1", "65", "2.5"])
+def test_pool_budget_refuses_what_it_cannot_mean(setting):
+    with pytest.raises(ConfigError):
+        pool.budget(setting)
 
 
 # -- reset ----------------------------------------------------------------------------------

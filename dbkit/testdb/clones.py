@@ -1,29 +1,34 @@
 """Clones owned by a live process: the pytest plugin's source of test databases.
 
 Each process (or xdist worker) has a random token. Its clones are named
-``dbkit_pt_<token>_<worker>_<n>``, and its admin session holds an advisory lock on the token for
-as long as the process lives; the server releases it when the process dies, however it dies.
-A clone whose token lock can be taken therefore belongs to a dead process and is collected by
-the next session (``collect_stale``); clones of runs still going are left alone.
+``dbkit_pt_<token>_<worker>_<n>``, and each of its admin sessions (the main one and the clone
+pool's, ``dbkit.testdb.pool``) holds an advisory lock on the token, in shared mode, for as long
+as the process lives; the server releases them when the process dies, however it dies. A clone
+whose token lock can be taken exclusively therefore belongs to a process none of whose sessions
+is left, not even one still finishing a ``CREATE DATABASE``, and is collected by the next
+session (``collect_stale``); clones of runs still going are left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import secrets
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from dbkit import pg
 from dbkit.db import connect
+from dbkit.testdb.pool import Pool
 from dbkit.testdb.template import (
     OWNER,
     PLUGIN_PREFIX,
     db_errors,
     ensure_template,
+    fingerprint,
     owned,
     owner_url,
+    signature,
 )
 
 if TYPE_CHECKING:
@@ -73,84 +78,97 @@ class CloneSession:
     Holds an admin connection for its whole life, and on it the advisory lock on its token:
     the server releases that lock when the process dies, which is how leftovers are recognised.
 
-    With ``background=True`` a second admin session, in one worker thread, drops used clones
-    and makes the next clone while the current test runs, so a test that does real work does
-    not wait for either. Its clones carry the same token, so a kill still leaves nothing for
-    good; ``close()`` waits for it, then drops whatever is left.
+    With ``background=True`` a pool (``dbkit.testdb.pool``) drops used clones in its own
+    threads and sessions, and makes up to ``pool`` clones ahead with ``makers`` of them, so a
+    test that does real work finds its database waiting and never waits for a drop; ``pool=0``
+    makes none ahead (each clone is made when asked for). ``demand``, when known, is how many
+    clones will be asked for (the pool makes no more than that). ``close()`` waits for the pool,
+    then drops whatever is left.
+
+    Before each clone is handed out, the migration files are checked (a few stat calls; the
+    fingerprint again only if one changed): a clone of a stale template is never handed out.
     """
 
     def __init__(self, settings: Settings, admin: DbURL, *, worker: str = "main",
-                 seed: bool = False, background: bool = False) -> None:
+                 seed: bool = False, background: bool = False, pool: int = 0, makers: int = 1,
+                 demand: int | None = None) -> None:
         self.settings = settings
         self.seed = seed
         self.token = secrets.token_hex(4)
         self.worker = "".join(c for c in worker if c.isalnum())[:8] or "main"
-        self._seq = 0
+        self._seq = itertools.count(1)  # next() is atomic: the pool's threads name clones too
         self.admin = admin
         self.conn = connect(self.admin, settings, autocommit=True)
         self.alive: set[str] = set()
-        self._failed: list[str] = []  # background drops that did not happen: retried at close
-        self._pool: ThreadPoolExecutor | None = None
-        self._bg_conn: psycopg.Connection | None = None
-        self._next: tuple[Future[None], str] | None = None
+        self.pool: Pool | None = None
         try:
             with db_errors(self.conn):
-                pg.session_lock(self.conn, _token_key(self.token))
+                pg.session_lock_shared(self.conn, _token_key(self.token))
                 self.collected = collect_stale(self.conn, self.token)
+                self._signature = signature(settings, seed=seed)
                 self.template = ensure_template(self.conn, self.admin, settings, seed=seed)
         except BaseException:
             self.conn.close()
             raise
         if background:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkit-clones")
+            self.pool = Pool(admin, settings, key=_token_key(self.token),
+                             template=self.template.name, owner=self.template.owner,
+                             new_name=self.new_name, size=pool, makers=makers, demand=demand)
 
     def url(self, dbname: str) -> DbURL:
         return owner_url(self.admin, dbname, self.template.owner)
 
     def new_name(self, tag: str = "") -> str:
-        self._seq += 1
-        return f"{PLUGIN_PREFIX}{self.token}_{self.worker}_{tag or self._seq}"
+        return f"{PLUGIN_PREFIX}{self.token}_{self.worker}_{tag or next(self._seq)}"
 
     def clone(self, tag: str = "") -> DbURL:
-        """A fresh clone: the one made in the background if ready, else made now."""
-        name = None
-        if self._next is not None:
-            future, name = self._next
-            self._next = None
-            try:
-                future.result()
-            except Exception as exc:  # e.g. the template was replaced: the direct path copes
-                log.debug("background clone %s failed (%s); cloning directly", name, exc)
-                self.alive.discard(name)
-                self._failed.append(name)
-                name = None
-        if name is None:
-            name = self.new_name(tag)
-            self._clone_now(name)
-        if self._pool is not None and not tag:
-            nxt = self.new_name()
-            self.alive.add(nxt)  # before it exists, so close() drops it whatever happens
-            self._next = (self._pool.submit(self._bg, clone_job=nxt), nxt)
+        """A fresh clone of the current template: one made ahead if the pool has it, else
+        made now. ``tag`` names it (such clones are always made now)."""
+        self._check_template()
+        if self.pool is not None and not tag:
+            name = self.pool.take()
+            if name is not None:
+                self.alive.add(name)
+                return self.url(name)
+        name = self.new_name(tag)
+        self._clone_now(name)
         return self.url(name)
+
+    def _check_template(self) -> None:
+        """Follow edited migration files: rebuild the template, and let none of the clones made
+        from the old one out."""
+        now = signature(self.settings, seed=self.seed)
+        if now == self._signature:
+            return
+        self._signature = now  # taken before the files are read: a later edit shows next time
+        if fingerprint(self.settings, seed=self.seed) != self.template.fingerprint:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        with db_errors(self.conn):
+            self.template = ensure_template(self.conn, self.admin, self.settings, seed=self.seed)
+        if self.pool is not None:
+            self.pool.invalidate(self.template.name)
 
     def _clone_now(self, name: str) -> None:
         import psycopg
 
+        self.alive.add(name)  # before it exists: an interrupted CREATE may complete after all
         try:
             pg.clone_database(self.conn, self.template.name, name, self.template.owner)
         except psycopg.errors.InvalidCatalogName:
             # another run rebuilt the template for newer files and dropped ours: follow it
-            self.template = ensure_template(self.conn, self.admin, self.settings, seed=self.seed)
-            pg.clone_database(self.conn, self.template.name, name, self.template.owner)
+            self._rebuild()
+            with db_errors(self.conn):
+                pg.clone_database(self.conn, self.template.name, name, self.template.owner)
         except psycopg.Error as exc:
             with db_errors(self.conn):
                 raise exc
-        self.alive.add(name)
 
     def drop(self, dbname: str) -> None:
         self.alive.discard(dbname)
-        if self._pool is not None:
-            self._pool.submit(self._bg, drop_job=dbname)
+        if self.pool is not None:
+            self.pool.give_back(dbname)
             return
         try:
             with db_errors(self.conn):
@@ -159,31 +177,15 @@ class CloneSession:
             self.alive.add(dbname)
             raise
 
-    def _bg(self, clone_job: str | None = None, drop_job: str | None = None) -> None:
-        """Runs in the worker thread, on its own connection (opened on first use)."""
-        if self._bg_conn is None or self._bg_conn.closed:
-            self._bg_conn = connect(self.admin, self.settings, autocommit=True)
-        if clone_job:
-            pg.clone_database(self._bg_conn, self.template.name, clone_job, self.template.owner)
-        if drop_job:
-            try:
-                pg.drop_database(self._bg_conn, drop_job)
-            except Exception as exc:
-                log.debug("background drop of %s failed (%s); retried at close", drop_job, exc)
-                self._failed.append(drop_job)
-
     def close(self) -> None:
-        """Wait for background work, drop every clone still alive, end the session (and with
-        it the token lock)."""
+        """Wait for the pool (it drops what it holds), drop every clone still alive, end the
+        session (and with it the token lock)."""
         try:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            left = self.pool.close() if self.pool is not None else []
             if not self.conn.closed:
-                for name in sorted(self.alive | set(self._failed)):
+                for name in sorted(self.alive | set(left)):
                     with contextlib.suppress(Exception):
                         pg.drop_database(self.conn, name)
                 self.alive.clear()
         finally:
-            if self._bg_conn is not None:
-                self._bg_conn.close()
             self.conn.close()

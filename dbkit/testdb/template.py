@@ -77,6 +77,26 @@ def fingerprint(settings: Settings, *, seed: bool = False, owner: str = OWNER) -
     return h.hexdigest()
 
 
+def signature(settings: Settings, *, seed: bool = False) -> tuple[tuple[str, int, int], ...]:
+    """What ``fingerprint`` reads, told by the files' names, sizes and modification times:
+    cheap enough to check before every clone is handed out (a few stat calls, no reads).
+    A changed signature means the fingerprint must be computed again."""
+    paths = [migrations_dir(settings)] + (_seed_inputs(settings) if seed else [])
+    out: list[tuple[str, int, int]] = []
+    for top in paths:
+        try:
+            entries = sorted(top.iterdir()) if top.is_dir() else [top]
+        except OSError:
+            entries = []
+        for path in entries:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            out.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def _hash_dir(h: Any, directory: Path) -> None:
     """Every file's name and bytes (a migration's rollback file and its directives count)."""
     if not directory.is_dir():

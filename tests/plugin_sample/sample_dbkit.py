@@ -2,7 +2,9 @@
 separate pytest process (plain and under xdist). Its file name keeps it out of normal collection.
 
 DBKIT_SAMPLE_FAIL=1 adds a failing test; DBKIT_SAMPLE_HANG=<file> adds a test that writes the
-file and then sleeps (so the outer test can interrupt or kill the run)."""
+file and then sleeps (so the outer test can interrupt or kill the run), and one after it (so
+the pool has a clone to make ahead meanwhile); DBKIT_SAMPLE_LEAK=1 adds tests that fail with
+the connectable URL in their assertion, locals, exception and output."""
 
 from __future__ import annotations
 
@@ -47,6 +49,13 @@ def test_template_is_migrated(dbkit_template, dbkit_db):
     assert "***" in str(dbkit_db) or dbkit_db.password is None
 
 
+def test_dbkit_url_connects_as_it_is(dbkit_url):
+    with psycopg.connect(dbkit_url) as conn:  # the URL itself, password and all
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 0
+    password = psycopg.conninfo.conninfo_to_dict(dbkit_url).get("password")
+    assert password is None or (password in dbkit_url and password not in repr(dbkit_url))
+
+
 @pytest.mark.skipif(not os.environ.get("DBKIT_SAMPLE_FAIL"), reason="only when asked")
 def test_that_fails(dbkit_db, dbkit_conn):
     pytest.fail("failing on purpose")
@@ -56,3 +65,28 @@ def test_that_fails(dbkit_db, dbkit_conn):
 def test_that_hangs(dbkit_db, dbkit_conn):
     Path(os.environ["DBKIT_SAMPLE_HANG"]).write_text(dbkit_db.dbname)
     time.sleep(120)
+
+
+@pytest.mark.skipif(not os.environ.get("DBKIT_SAMPLE_HANG"), reason="only when asked")
+def test_that_hangs_too(dbkit_db):
+    pass
+
+
+LEAK = pytest.mark.skipif(not os.environ.get("DBKIT_SAMPLE_LEAK"), reason="only when asked")
+
+
+@LEAK
+def test_leak_in_assertion(dbkit_url):
+    assert dbkit_url == "postgresql://somewhere/else"
+
+
+@LEAK
+def test_leak_in_assertion_of_plain_text(dbkit_url):
+    url = dbkit_url + "?application_name=x"  # a plain str again
+    assert url.startswith("nothing"), f"bad url {url}"
+
+
+@LEAK
+def test_leak_in_output_and_exception(dbkit_url):
+    print("connecting to", str(dbkit_url))
+    raise RuntimeError(f"cannot use {dbkit_url}")
