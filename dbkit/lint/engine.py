@@ -12,14 +12,16 @@ list of ``Finding``; an empty list means the files are safe to apply to a busy d
 from __future__ import annotations
 
 import bisect
-import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dbkit.lint.rules import Schema
 
 _IGNORE = re.compile(r"--\s*dbkit:\s*ignore(?:\[([A-Za-z0-9_,\s-]*)\]|\s+([A-Za-z0-9_,\s-]+))")
 
@@ -61,14 +63,20 @@ def is_transactional(text: str) -> bool:
 
 
 def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
-             earlier: Callable[[], dict[Any, str]] | None = None,
-             earlier_columns: Callable[[], dict[Any, Any]] | None = None) -> list[Finding]:
+             earlier: Callable[[], Schema] | None = None) -> list[Finding]:
     """Lint SQL text. ``transactional`` defaults to what the text's yoyo header says;
-    ``earlier()`` gives the NOT VALID constraints that earlier migrations left to validate."""
+    ``earlier()`` gives what earlier migrations left (NOT VALID constraints, column types)."""
+    return _lint(text, path, transactional, earlier)[0]
+
+
+def _lint(text: str, path: str, transactional: bool | None,
+          earlier: Callable[[], Schema] | None) -> tuple[list[Finding], Schema]:
+    """The findings, and what the text leaves for the migrations after it: the one place a
+    migration is parsed."""
     import pglast
     from pglast import parser
 
-    from dbkit.lint.rules import RULES, Checker
+    from dbkit.lint.rules import RULES, Checker, Schema
 
     lines = _LineIndex(text)
     try:
@@ -78,15 +86,13 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
         line, col = lines.position(where)
         return [Finding("parse-error", path, line,
                         f"cannot parse: {next(iter(exc.args), exc)}",
-                        RULES["parse-error"].fix, "error", col, line, col)]
+                        RULES["parse-error"].fix, "error", col, line, col)], Schema()
     comments = [(t.start, text[t.start:t.end + 1]) for t in parser.scan(text)
                 if t.name == "SQL_COMMENT"]
     checker = Checker(transactional=is_transactional(text) if transactional is None
                       else transactional)
     if earlier is not None:
         checker.earlier = earlier
-    if earlier_columns is not None:
-        checker.earlier_columns = earlier_columns
     findings: list[Finding] = []
     prev_end_line = 0
     for raw in stmts:
@@ -110,53 +116,91 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
             line, col = lines.position(hit.location)
             findings.append(Finding(hit.rule, path, line, hit.message, rule.fix, rule.severity,
                                     col, end_line, end_col))
-    return findings
+    return findings, checker.left()
 
 
-def lint_file(path: str | Path) -> list[Finding]:
-    """Lint one SQL migration file."""
-    p = Path(path)
+def _read(p: Path) -> str:
     if p.suffix != ".sql":
         raise ConfigError(f"{p} is not a .sql file; only SQL migrations can be linted",
                           hint="pass .sql files or a migrations directory")
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p} does not exist", hint="check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc.__class__.__name__}",
                           hint="migration files must be readable UTF-8") from None
-    state = functools.cache(lambda: _earlier_state(p))
-    return lint_sql(text, str(path), earlier=lambda: state()[0],
-                    earlier_columns=lambda: state()[1])
 
 
-def _earlier_state(path: Path) -> tuple[dict[Any, str], dict[Any, Any]]:
-    """What the migrations before ``path`` in its directory (yoyo's order: by file name) left:
-    NOT VALID constraints not validated yet, and the column types they defined."""
-    import pglast
+class Linter:
+    """One lint run over any number of files. Each file is read and parsed once: a file's
+    findings and what it leaves for later migrations come from the same pass, and each
+    directory keeps one running model (``Schema``) of what its migrations, in yoyo's order,
+    have left so far. (Re-reading the earlier files for every VALIDATE made linting grow with
+    files x VALIDATEs.)"""
 
-    from dbkit.lint.rules import Checker
+    def __init__(self) -> None:
+        self._dirs: dict[Path, _Directory] = {}
 
-    left: dict[Any, str] = {}
-    columns: dict[Any, Any] = {}
-    for f in sorted(path.parent.glob("*.sql")):
-        if f.name >= path.name:
-            break
-        if f.name.endswith(".rollback.sql"):
-            continue
+    def lint_file(self, path: str | Path) -> list[Finding]:
+        p = Path(path)
+        text = _read(p)
+        folder = self._dirs.get(p.parent)
+        if folder is None:
+            folder = self._dirs[p.parent] = _Directory(p.parent)
+        findings, left = _lint(text, str(path), None, lambda: folder.before(p.name))
+        folder.record(p.name, left)
+        return findings
+
+
+class _Directory:
+    """A migrations directory's forward files, what each one leaves (parsed at most once), and
+    the sum of those parts for the files before the one being linted, grown only forward."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.names = sorted(f.name for f in path.glob("*.sql")
+                            if not f.name.endswith(".rollback.sql"))
+        self.steps = set(self.names)
+        self.left: dict[str, Schema] = {}
+        self.sum = _empty_schema()
+        self.upto = 0  # self.sum holds what self.names[:self.upto] left
+
+    def before(self, name: str) -> Schema:
+        """What the migrations sorted before ``name`` left (yoyo's order: by file name)."""
+        i = bisect.bisect_left(self.names, name)
+        if i < self.upto:  # asked out of order: add the parts up again (nothing is re-parsed)
+            self.sum, self.upto = _empty_schema(), 0
+        while self.upto < i:
+            earlier = self.names[self.upto]
+            if earlier not in self.left:
+                self.left[earlier] = self._left_by(earlier)
+            self.sum.add(self.left[earlier])
+            self.upto += 1
+        return self.sum
+
+    def record(self, name: str, left: Schema) -> None:
+        if name in self.steps:  # a rollback file linted by hand is no step in the order
+            self.left.setdefault(name, left)
+
+    def _left_by(self, name: str) -> Schema:
         try:
-            stmts = pglast.parse_sql(f.read_text(encoding="utf-8"))
-        except Exception:  # an unparsable earlier file is reported when it is linted itself
-            continue
-        checker = Checker(transactional=False, columns=columns)
-        checker.earlier = lambda: left
-        checker.earlier_columns = lambda: columns
-        for raw in stmts:
-            for _hit in checker.check(raw.stmt, raw.stmt_location or 0):
-                pass
-        left.update(checker.not_valid)
-    return left, columns
+            text = (self.path / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):  # reported when the file is linted itself
+            return _empty_schema()
+        return _lint(text, name, None, None)[1]  # a file's own part needs nothing earlier
+
+
+def _empty_schema() -> Schema:
+    from dbkit.lint.rules import Schema
+
+    return Schema()
+
+
+def lint_file(path: str | Path) -> list[Finding]:
+    """Lint one SQL migration file (what earlier files in its directory left is taken into
+    account)."""
+    return Linter().lint_file(path)
 
 
 def migration_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -176,10 +220,8 @@ def migration_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def lint_paths(paths: Iterable[str | Path]) -> list[Finding]:
     """Lint files and directories; findings in file order, then line order."""
-    findings: list[Finding] = []
-    for f in migration_files(paths):
-        findings += lint_file(f)
-    return findings
+    linter = Linter()
+    return [f for path in migration_files(paths) for f in linter.lint_file(path)]
 
 
 def _ignores(comments: list[tuple[int, str]], lines: _LineIndex, from_line: int, to_line: int,
@@ -227,7 +269,9 @@ def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = F
     A ``preview`` (dry run) only reports what the real run would do."""
     from dbkit.errors import LintFindings
 
-    findings = [f for m in pending if m.path.suffix == ".sql" for f in lint_file(m.path)]
+    linter = Linter()
+    findings = [f for m in pending if m.path.suffix == ".sql"
+                for f in linter.lint_file(m.path)]
     warnings = [f"lint warning (never blocks): {f.path}:{f.line}: [{f.rule}] {f.message}"
                 for f in findings if f.severity != "error"]
     findings = [f for f in findings if f.severity == "error"]

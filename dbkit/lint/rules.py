@@ -169,6 +169,21 @@ def table_name(t: Table) -> str:
 
 
 @dataclass
+class Schema:
+    """What migrations left for the ones after them, as far as the rules need it: NOT VALID
+    constraints ((table, name) -> the column the CHECK proves NOT NULL, or "") and column types.
+    A file's own part depends only on that file, so each file is parsed once and the parts are
+    added up in migration order."""
+
+    not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
+    columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
+
+    def add(self, later: Schema) -> None:
+        self.not_valid.update(later.not_valid)
+        self.columns.update(later.columns)
+
+
+@dataclass
 class Checker:
     """Checks the statements of one migration file, in order."""
 
@@ -178,16 +193,18 @@ class Checker:
     # constraints added NOT VALID in this file: (table, name) -> column proven NOT NULL, or ""
     not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
     not_null_proven: set[tuple[Table, str]] = field(default_factory=set)
-    # NOT VALID constraints added by earlier migrations, looked up only when this file
-    # validates one it did not add (the recommended two-migration pattern for SET NOT NULL)
-    earlier: Callable[[], dict[tuple[Table, str], str]] = lambda: {}
-    # column types known from CREATE TABLE / ADD COLUMN / ALTER TYPE: (table, col) -> type
+    # what earlier migrations left, asked for only when this file validates a constraint it did
+    # not add (the two-migration pattern for SET NOT NULL) or changes a column's type
+    earlier: Callable[[], Schema] = lambda: Schema()
+    # column types known from this file's CREATE TABLE / ADD COLUMN / ALTER TYPE
     columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
-    # the same, left by earlier migrations (looked up only on ALTER COLUMN ... TYPE)
-    earlier_columns: Callable[[], dict[tuple[Table, str], ColType]] = lambda: {}
     in_block: bool = False  # inside an explicit BEGIN ... COMMIT of a non-transactional file
     created_types: set[str] = field(default_factory=set)  # enums and domains made in this file
     new_enum_values: dict[str, str] = field(default_factory=dict)  # value -> type, uncommitted
+
+    def left(self) -> Schema:
+        """What this file leaves for the migrations after it."""
+        return Schema(dict(self.not_valid), dict(self.columns))
 
     @property
     def in_tx(self) -> bool:
@@ -455,7 +472,7 @@ class Checker:
             elif sub == AlterTableType.AT_ValidateConstraint:
                 col = self.not_valid.pop((t, cmd.name), None)
                 if col is None:
-                    col = self.earlier().get((t, cmd.name)) or None
+                    col = self.earlier().not_valid.get((t, cmd.name)) or None
                     if col:
                         self.not_null_proven.add((t, col))
                     continue
@@ -536,7 +553,7 @@ class Checker:
             return False
         new_type = _col_type(col_def.typeName)
         key = (t, cmd.name or "")
-        old_type = self.columns.get(key) or self.earlier_columns().get(key)
+        old_type = self.columns.get(key) or self.earlier().columns.get(key)
         self.columns[key] = new_type
         if old_type is None or col_def.raw_default is not None or col_def.collClause is not None:
             return False
