@@ -99,6 +99,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
                       "CREATE TABLE scratch (x bigint NOT NULL);\n"
                       "ALTER TABLE scratch ALTER COLUMN x DROP NOT NULL;"),
     "add-json-column": ("ALTER TABLE u ADD COLUMN d json;", "ALTER TABLE u ADD COLUMN d jsonb;"),
+    "backfill-in-ddl-transaction": (
+        "ALTER TABLE u ADD COLUMN d text;\nUPDATE u SET d = b WHERE id BETWEEN 1 AND 1000;",
+        "UPDATE u SET c = b WHERE id BETWEEN 1 AND 1000;"),
     "bad-ignore": ("-- dbkit: ignore no-such-rule\nSELECT 1;",
                    "-- dbkit: ignore drop-table\nSELECT 1;"),
     "parse-error": ("CREATE TABLE (;", "SELECT 1;"),

@@ -87,10 +87,11 @@ def _lint(text: str, path: str, transactional: bool | None,
         return [Finding("parse-error", path, line,
                         f"cannot parse: {next(iter(exc.args), exc)}",
                         RULES["parse-error"].fix, "error", col, line, col)], Schema()
-    comments = [(t.start, text[t.start:t.end + 1]) for t in parser.scan(text)
-                if t.name == "SQL_COMMENT"]
+    tokens = list(parser.scan(text))
+    comments = [(t.start, text[t.start:t.end + 1]) for t in tokens if t.name == "SQL_COMMENT"]
     checker = Checker(transactional=is_transactional(text) if transactional is None
-                      else transactional)
+                      else transactional, text=text, tokens=tokens,
+                      token_starts=[t.start for t in tokens])
     if earlier is not None:
         checker.earlier = earlier
     findings: list[Finding] = []
@@ -109,7 +110,7 @@ def _lint(text: str, path: str, transactional: bool | None,
                                     f"'-- dbkit: ignore {name}' names no rule",
                                     RULES["bad-ignore"].fix, "error", lines.position(start)[1],
                                     end_line, end_col))
-        for hit in checker.check(raw.stmt, start):
+        for hit in checker.statement(raw.stmt, start, end):
             if hit.rule in ignored:
                 continue
             rule = RULES[hit.rule]
