@@ -94,6 +94,18 @@ def test_validate_after_other_ddl_names_the_lock_the_transaction_holds(tmp_path:
     assert (f.rule, f.line, f.column) == ("constraint-not-valid", 2, 3)
 
 
+def test_set_tablespace_to_where_the_table_already_is_copies_nothing(tmp_path: Path) -> None:
+    """Found by applying the corpus to PostgreSQL: SET TABLESPACE pg_default on a table in
+    pg_default keeps its relfilenode. Where migrations put a table is part of the model."""
+    assert found("ALTER TABLE u SET TABLESPACE pg_default;") == []
+    assert found("CREATE TABLE n (x int) TABLESPACE fast;\nALTER TABLE n SET TABLESPACE fast;") == []
+    (tmp_path / "0001_t.sql").write_text("CREATE TABLE t (x int) TABLESPACE fast;\n")
+    (tmp_path / "0002_move.sql").write_text("ALTER TABLE t SET TABLESPACE pg_default;\n")
+    (tmp_path / "0003_back.sql").write_text("ALTER TABLE t SET TABLESPACE pg_default;\n")
+    assert [(Path(f.path).name, f.rule) for f in lint_paths([tmp_path])] == [
+        ("0002_move.sql", "set-tablespace")]
+
+
 # -- where a finding points ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "rule", "line", "column"), [
@@ -101,7 +113,7 @@ def test_validate_after_other_ddl_names_the_lock_the_transaction_holds(tmp_path:
     ('ALTER TABLE "public"."u"\n  DROP COLUMN c;', "drop-column", 2, 3),
     ("ALTER TABLE public.u\n  ALTER COLUMN a\n  SET NOT NULL;", "set-not-null", 2, 3),
     ("ALTER TABLE u\n  ADD COLUMN d int,\n  ALTER COLUMN a TYPE text;", "column-type-change", 3, 3),
-    ("ALTER TABLE u\n  SET TABLESPACE pg_default;", "set-tablespace", 2, 3),
+    ("ALTER TABLE u\n  SET TABLESPACE fast_disk;", "set-tablespace", 2, 3),
     ("ALTER TABLE u\n  ALTER COLUMN id DROP NOT NULL;", "drop-not-null", 2, 3),
     ("ALTER TABLE pt\n  DETACH PARTITION pt1;", "detach-partition-not-concurrent", 2, 3),
     ("ALTER TABLE pt\n  DETACH PARTITION pt1\n  CONCURRENTLY;", "concurrently-in-transaction",

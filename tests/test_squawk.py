@@ -55,6 +55,7 @@ DIFFERENCES: dict[str, tuple[set[tuple[int, str]], set[tuple[int, str]]]] = {
     "serial_column.sql": ({(2, "rewrite-column")}, set()),
     "immutable_default.sql": (set(), {(2, "rewrite-column")}),
     "validate_after_other_ddl.sql": ({(5, "blocking-constraint")}, set()),
+    "fk_on_new_column.sql": (set(), {(3, "blocking-constraint")}),
 }
 
 

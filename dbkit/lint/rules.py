@@ -235,10 +235,12 @@ class Schema:
 
     not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
     columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
+    tablespaces: dict[Table, str] = field(default_factory=dict)  # where migrations put tables
 
     def add(self, later: Schema) -> None:
         self.not_valid.update(later.not_valid)
         self.columns.update(later.columns)
+        self.tablespaces.update(later.tablespaces)
 
 
 @dataclass
@@ -256,6 +258,7 @@ class Checker:
     earlier: Callable[[], Schema] = lambda: Schema()
     # column types known from this file's CREATE TABLE / ADD COLUMN / ALTER TYPE
     columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
+    tablespaces: dict[Table, str] = field(default_factory=dict)  # set by this file
     in_block: bool = False  # inside an explicit BEGIN ... COMMIT of a non-transactional file
     created_types: set[str] = field(default_factory=set)  # enums and domains made in this file
     new_enum_values: dict[str, str] = field(default_factory=dict)  # value -> type, uncommitted
@@ -269,7 +272,7 @@ class Checker:
 
     def left(self) -> Schema:
         """What this file leaves for the migrations after it."""
-        return Schema(dict(self.not_valid), dict(self.columns))
+        return Schema(dict(self.not_valid), dict(self.columns), dict(self.tablespaces))
 
     @property
     def in_tx(self) -> bool:
@@ -423,6 +426,7 @@ class Checker:
     def _CreateStmt(self, stmt: ast.CreateStmt, start: int) -> Iterator[Hit]:
         t = table_key(stmt.relation)
         self.created.append(t)
+        self.tablespaces[t] = stmt.tablespacename or "pg_default"
         for elt in stmt.tableElts or ():
             if isinstance(elt, ast.ColumnDef) and elt.colname:
                 self.columns[(t, elt.colname)] = _col_type(elt.typeName)
@@ -642,8 +646,9 @@ class Checker:
                               f"{self.block()}: this migration will fail")
             elif not new:
                 yield Hit("detach-partition-not-concurrent", at,
-                          f"DETACH PARTITION holds an ACCESS EXCLUSIVE lock on {name}: "
-                          "reads and writes of the whole partitioned table wait")
+                          f"DETACH PARTITION takes an ACCESS EXCLUSIVE lock on {name}: it waits "
+                          "for every running query on any of its partitions, and every read and "
+                          "write of the partitioned table waits behind it")
         elif sub == AlterTableType.AT_AddColumn:
             yield from self._add_column(cmd.def_, t, new, at)
         elif sub == AlterTableType.AT_AddConstraint:
@@ -662,9 +667,17 @@ class Checker:
             if col:
                 self.not_null_proven.add((t, col))
         elif new:
+            if sub == AlterTableType.AT_SetTableSpace:
+                self.tablespaces[t] = cmd.name or ""
             if sub == AlterTableType.AT_AlterColumnType and cmd.name:
                 self.columns[(t, cmd.name)] = _col_type(cmd.def_.typeName)
         elif sub == AlterTableType.AT_SetTableSpace:
+            # moving a table to where it already is copies nothing (PostgreSQL returns at once);
+            # a table no migration moved is taken to be in pg_default, as CREATE TABLE puts it
+            now = self.tablespaces.get(t) or self.earlier().tablespaces.get(t, "pg_default")
+            self.tablespaces[t] = cmd.name or ""
+            if cmd.name == now:
+                return
             yield Hit("set-tablespace", at,
                       f"SET TABLESPACE copies {name} and its files to tablespace {cmd.name} "
                       "under an ACCESS EXCLUSIVE lock: reads and writes wait until it is done")
@@ -718,6 +731,10 @@ class Checker:
                       f"adding {where} with {rewrite} rewrites the whole table under an ACCESS "
                       "EXCLUSIVE lock (reads and writes wait)")
         for c in cons:
+            if c.contype == ConstrType.CONSTR_FOREIGN and not has_value:
+                # a new column without a default is all NULL: PostgreSQL marks its inline
+                # FOREIGN KEY valid without checking a row (measured: no scan of either table)
+                continue
             if c.contype in (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK):
                 yield self._unvalidated(c, t, start)
             elif c.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY):
