@@ -257,27 +257,31 @@ def disagreements(findings: list[Finding], seen: list[Seen]) -> list[str]:
 @pytest.fixture(scope="module")
 def tablespace(pg) -> Iterator[str]:  # noqa: ANN001
     """A real tablespace (made by the superuser in a directory the server's OS user owns), so
-    SET TABLESPACE really copies; its name replaces the examples' fast_disk."""
+    SET TABLESPACE really copies; its name replaces the examples' fast_disk. Empty when the
+    server is not on this machine (DBKIT_TEST_ADMIN_URL elsewhere): those cases are skipped."""
     name = unique_name("lint_ts")
+    where = Path(tempfile.mkdtemp(prefix="dbkit-ts-"))
     with psycopg.connect(autocommit=True, **pg.connect_kwargs()) as conn:
         data = Path(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
-        where = Path(tempfile.mkdtemp(prefix="dbkit-ts-"))
-        os.chown(where, data.stat().st_uid, data.stat().st_gid)
-        os.chmod(where.parent, 0o755) if where.parent != Path("/tmp") else None
-        conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
-            sql.Identifier(name), sql.Literal(str(where))))
-        conn.execute(sql.SQL("GRANT CREATE ON TABLESPACE {} TO PUBLIC").format(
-            sql.Identifier(name)))
+        try:
+            os.chown(where, data.stat().st_uid, data.stat().st_gid)
+            conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
+                sql.Identifier(name), sql.Literal(str(where))))
+        except (OSError, psycopg.Error):
+            name = ""
+        if name:
+            conn.execute(sql.SQL("GRANT CREATE ON TABLESPACE {} TO PUBLIC").format(
+                sql.Identifier(name)))
         yield name
-        for (db,) in conn.execute("SELECT datname FROM pg_database WHERE dattablespace = "
-                                  "(SELECT oid FROM pg_tablespace WHERE spcname = %s)", [name]):
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
-        conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
+        if name:
+            conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
     shutil.rmtree(where, ignore_errors=True)
 
 
 def _check(app, setup: str, text: str, findings: list[Finding],  # noqa: ANN001
            tablespace: str) -> list[Seen]:
+    if TABLESPACE in text and not tablespace:
+        pytest.skip("no tablespace could be made on the test server")
     assert app.cli("create").code == 0
     with app.connect(autocommit=True) as conn:
         apply_leniently(conn, setup.replace(TABLESPACE, tablespace))

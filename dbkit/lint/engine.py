@@ -63,14 +63,19 @@ def is_transactional(text: str) -> bool:
 
 
 def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
-             earlier: Callable[[], Schema] | None = None) -> list[Finding]:
+             earlier: Callable[[], Schema] | None = None,
+             not_volatile: Callable[[set[str]], set[str]] | None = None) -> list[Finding]:
     """Lint SQL text. ``transactional`` defaults to what the text's yoyo header says;
-    ``earlier()`` gives what earlier migrations left (NOT VALID constraints, column types)."""
-    return _lint(text, path, transactional, earlier)[0]
+    ``earlier()`` gives what earlier migrations left (NOT VALID constraints, column types);
+    ``not_volatile(names)`` which of the function names the server knows are not volatile
+    (without it, only the shipped table of built-ins counts)."""
+    return _lint(text, path, transactional, earlier, not_volatile)[0]
 
 
 def _lint(text: str, path: str, transactional: bool | None,
-          earlier: Callable[[], Schema] | None) -> tuple[list[Finding], Schema]:
+          earlier: Callable[[], Schema] | None,
+          not_volatile: Callable[[set[str]], set[str]] | None = None
+          ) -> tuple[list[Finding], Schema]:
     """The findings, and what the text leaves for the migrations after it: the one place a
     migration is parsed."""
     import pglast
@@ -91,7 +96,7 @@ def _lint(text: str, path: str, transactional: bool | None,
     comments = [(t.start, text[t.start:t.end + 1]) for t in tokens if t.name == "SQL_COMMENT"]
     checker = Checker(transactional=is_transactional(text) if transactional is None
                       else transactional, text=text, tokens=tokens,
-                      token_starts=[t.start for t in tokens])
+                      token_starts=[t.start for t in tokens], not_volatile=not_volatile)
     if earlier is not None:
         checker.earlier = earlier
     findings: list[Finding] = []
@@ -140,8 +145,9 @@ class Linter:
     have left so far. (Re-reading the earlier files for every VALIDATE made linting grow with
     files x VALIDATEs.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, not_volatile: Callable[[set[str]], set[str]] | None = None) -> None:
         self._dirs: dict[Path, _Directory] = {}
+        self.not_volatile = not_volatile
 
     def lint_file(self, path: str | Path) -> list[Finding]:
         p = Path(path)
@@ -149,7 +155,8 @@ class Linter:
         folder = self._dirs.get(p.parent)
         if folder is None:
             folder = self._dirs[p.parent] = _Directory(p.parent)
-        findings, left = _lint(text, str(path), None, lambda: folder.before(p.name))
+        findings, left = _lint(text, str(path), None, lambda: folder.before(p.name),
+                               self.not_volatile)
         folder.record(p.name, left)
         return findings
 
@@ -262,15 +269,43 @@ class _LineIndex:
         return line, offset - self.starts[line - 1] + 1
 
 
-def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = False
-         ) -> list[str]:
+def server_volatility(conn: Any) -> Callable[[set[str]], set[str]]:
+    """Ask the server (a psycopg connection) which functions are not VOLATILE, for those the
+    shipped table does not know (the application's own functions, an extension's). A name
+    counts only if every function of that name the search_path can see is STABLE or
+    IMMUTABLE (the linter does not resolve argument types). If the question fails, the answer
+    is "none": the shipped table alone decides, as offline."""
+    import psycopg
+
+    known: dict[str, bool] = {}
+
+    def not_volatile(names: set[str]) -> set[str]:
+        ask = sorted({n.lower() for n in names} - set(known))
+        if ask:
+            try:
+                rows = conn.execute(
+                    "SELECT proname::text, bool_and(provolatile <> 'v') FROM pg_proc "
+                    "WHERE proname = ANY(%s) AND pg_function_is_visible(oid) GROUP BY 1",
+                    [ask]).fetchall()
+            except psycopg.Error:
+                rows = []
+            known.update(dict.fromkeys(ask, False))
+            known.update({name: bool(ok) for name, ok in rows})
+        return {n for n in names if known.get(n.lower())}
+
+    return not_volatile
+
+
+def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = False,
+         conn: Any = None) -> list[str]:
     """``dbkit migrate``'s check of what is about to run (objects with a ``.path``): findings
     come back as warnings with ``--allow-unsafe`` or in development, else LintFindings.
     Findings of severity "warning" are only shown, never refuse the run.
-    A ``preview`` (dry run) only reports what the real run would do."""
+    A ``preview`` (dry run) only reports what the real run would do. With ``conn`` (the
+    migration's connection), the server says which functions in a DEFAULT are volatile."""
     from dbkit.errors import LintFindings
 
-    linter = Linter()
+    linter = Linter(server_volatility(conn) if conn is not None else None)
     findings = [f for m in pending if m.path.suffix == ".sql"
                 for f in linter.lint_file(m.path)]
     warnings = [f"lint warning (never blocks): {f.path}:{f.line}: [{f.rule}] {f.message}"

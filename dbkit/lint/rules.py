@@ -269,6 +269,8 @@ class Checker:
     token_starts: list[int] = field(default_factory=list)
     end: int = 0  # where the statement being checked ends
     in_do: bool = False  # offsets inside a DO block's body are not offsets in the file
+    # with a connection: of the function names given, those the server says are not VOLATILE
+    not_volatile: Callable[[set[str]], set[str]] | None = None
 
     def left(self) -> Schema:
         """What this file leaves for the migrations after it."""
@@ -725,7 +727,7 @@ class Checker:
             yield Hit("add-column-not-null", loc,
                       f"adding {where} as NOT NULL without a DEFAULT fails on a table that has "
                       "rows, and breaks running code whose INSERTs do not set it")
-        rewrite = _rewrite_reason(cons, typename)
+        rewrite = _rewrite_reason(cons, typename, self.not_volatile)
         if rewrite:
             yield Hit("add-column-rewrite", loc,
                       f"adding {where} with {rewrite} rewrites the whole table under an ACCESS "
@@ -842,7 +844,8 @@ def _not_null_columns(expr: Any) -> list[str]:
     return []
 
 
-def _rewrite_reason(cons: list[ast.Constraint], typename: str) -> str:
+def _rewrite_reason(cons: list[ast.Constraint], typename: str,
+                    not_volatile: Callable[[set[str]], set[str]] | None = None) -> str:
     if typename in SERIAL_TYPES:
         return f"type {typename} (a nextval() default)"
     for c in cons:
@@ -851,7 +854,10 @@ def _rewrite_reason(cons: list[ast.Constraint], typename: str) -> str:
         if c.contype == ConstrType.CONSTR_GENERATED and c.generated_kind != "v":
             return "a stored generated expression"
         if c.contype == ConstrType.CONSTR_DEFAULT:
-            volatile = sorted(_unknown_functions(c.raw_expr))
+            unknown = _unknown_functions(c.raw_expr)
+            if unknown and not_volatile is not None:  # the server's own pg_proc, if asked
+                unknown -= not_volatile(unknown)
+            volatile = sorted(unknown)
             if volatile:
                 return (f"a DEFAULT calling {', '.join(volatile)}() (volatile, or not known to "
                         "dbkit to be otherwise)")
