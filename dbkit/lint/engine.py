@@ -6,7 +6,9 @@ the statements the server will run. Only two things are read from comments, as t
 silences the statement it sits in or above (or a trailing comment on the statement's last line).
 
 Library API (used by ``dbkit migrate``): ``lint_file(path)`` and ``lint_paths(paths)`` return a
-list of ``Finding``; an empty list means the files are safe to apply to a busy database.
+list of ``Finding``; an empty list means the files are safe to apply to a busy database. A
+``Linter`` is one run: each file parsed once, with one model per directory of what the earlier
+migrations left (so linting grows with the number of files, not files x VALIDATEs).
 """
 
 from __future__ import annotations

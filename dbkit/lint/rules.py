@@ -2,7 +2,10 @@
 
 ``Checker`` walks one file's statements (pglast syntax trees, i.e. PostgreSQL's own parser) in
 order and remembers what the file itself created, because an operation on a table created
-earlier in the same migration cannot block anyone: no other session can see that table yet.
+earlier in the same migration cannot block anyone: no other session can see that table yet. It
+also follows the table locks the migration's transaction holds (the modes PostgreSQL 15 takes
+for each statement), because a scan or a backfill after a statement that blocked writes runs
+under that statement's lock until the commit.
 """
 
 from __future__ import annotations
