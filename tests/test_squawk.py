@@ -54,6 +54,8 @@ DIFFERENCES: dict[str, tuple[set[tuple[int, str]], set[tuple[int, str]]]] = {
     "inline_check_on_new_column.sql": ({(2, "blocking-constraint")}, set()),
     "serial_column.sql": ({(2, "rewrite-column")}, set()),
     "immutable_default.sql": (set(), {(2, "rewrite-column")}),
+    "validate_after_other_ddl.sql": ({(5, "blocking-constraint")}, set()),
+    "fk_on_new_column.sql": (set(), {(3, "blocking-constraint")}),
 }
 
 

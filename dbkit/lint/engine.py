@@ -6,20 +6,24 @@ the statements the server will run. Only two things are read from comments, as t
 silences the statement it sits in or above (or a trailing comment on the statement's last line).
 
 Library API (used by ``dbkit migrate``): ``lint_file(path)`` and ``lint_paths(paths)`` return a
-list of ``Finding``; an empty list means the files are safe to apply to a busy database.
+list of ``Finding``; an empty list means the files are safe to apply to a busy database. A
+``Linter`` is one run: each file parsed once, with one model per directory of what the earlier
+migrations left (so linting grows with the number of files, not files x VALIDATEs).
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dbkit.lint.rules import Schema
 
 _IGNORE = re.compile(r"--\s*dbkit:\s*ignore(?:\[([A-Za-z0-9_,\s-]*)\]|\s+([A-Za-z0-9_,\s-]+))")
 
@@ -61,14 +65,25 @@ def is_transactional(text: str) -> bool:
 
 
 def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
-             earlier: Callable[[], dict[Any, str]] | None = None,
-             earlier_columns: Callable[[], dict[Any, Any]] | None = None) -> list[Finding]:
+             earlier: Callable[[], Schema] | None = None,
+             not_volatile: Callable[[set[str]], set[str]] | None = None) -> list[Finding]:
     """Lint SQL text. ``transactional`` defaults to what the text's yoyo header says;
-    ``earlier()`` gives the NOT VALID constraints that earlier migrations left to validate."""
+    ``earlier()`` gives what earlier migrations left (NOT VALID constraints, column types);
+    ``not_volatile(names)`` which of the function names the server knows are not volatile
+    (without it, only the shipped table of built-ins counts)."""
+    return _lint(text, path, transactional, earlier, not_volatile)[0]
+
+
+def _lint(text: str, path: str, transactional: bool | None,
+          earlier: Callable[[], Schema] | None,
+          not_volatile: Callable[[set[str]], set[str]] | None = None
+          ) -> tuple[list[Finding], Schema]:
+    """The findings, and what the text leaves for the migrations after it: the one place a
+    migration is parsed."""
     import pglast
     from pglast import parser
 
-    from dbkit.lint.rules import RULES, Checker
+    from dbkit.lint.rules import RULES, Checker, Schema
 
     lines = _LineIndex(text)
     try:
@@ -78,15 +93,14 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
         line, col = lines.position(where)
         return [Finding("parse-error", path, line,
                         f"cannot parse: {next(iter(exc.args), exc)}",
-                        RULES["parse-error"].fix, "error", col, line, col)]
-    comments = [(t.start, text[t.start:t.end + 1]) for t in parser.scan(text)
-                if t.name == "SQL_COMMENT"]
+                        RULES["parse-error"].fix, "error", col, line, col)], Schema()
+    tokens = list(parser.scan(text))
+    comments = [(t.start, text[t.start:t.end + 1]) for t in tokens if t.name == "SQL_COMMENT"]
     checker = Checker(transactional=is_transactional(text) if transactional is None
-                      else transactional)
+                      else transactional, text=text, tokens=tokens,
+                      token_starts=[t.start for t in tokens], not_volatile=not_volatile)
     if earlier is not None:
         checker.earlier = earlier
-    if earlier_columns is not None:
-        checker.earlier_columns = earlier_columns
     findings: list[Finding] = []
     prev_end_line = 0
     for raw in stmts:
@@ -103,60 +117,100 @@ def lint_sql(text: str, path: str = "<sql>", transactional: bool | None = None,
                                     f"'-- dbkit: ignore {name}' names no rule",
                                     RULES["bad-ignore"].fix, "error", lines.position(start)[1],
                                     end_line, end_col))
-        for hit in checker.check(raw.stmt, start):
+        for hit in checker.statement(raw.stmt, start, end):
             if hit.rule in ignored:
                 continue
             rule = RULES[hit.rule]
             line, col = lines.position(hit.location)
             findings.append(Finding(hit.rule, path, line, hit.message, rule.fix, rule.severity,
                                     col, end_line, end_col))
-    return findings
+    return findings, checker.left()
 
 
-def lint_file(path: str | Path) -> list[Finding]:
-    """Lint one SQL migration file."""
-    p = Path(path)
+def _read(p: Path) -> str:
     if p.suffix != ".sql":
         raise ConfigError(f"{p} is not a .sql file; only SQL migrations can be linted",
                           hint="pass .sql files or a migrations directory")
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p} does not exist", hint="check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc.__class__.__name__}",
                           hint="migration files must be readable UTF-8") from None
-    state = functools.cache(lambda: _earlier_state(p))
-    return lint_sql(text, str(path), earlier=lambda: state()[0],
-                    earlier_columns=lambda: state()[1])
 
 
-def _earlier_state(path: Path) -> tuple[dict[Any, str], dict[Any, Any]]:
-    """What the migrations before ``path`` in its directory (yoyo's order: by file name) left:
-    NOT VALID constraints not validated yet, and the column types they defined."""
-    import pglast
+class Linter:
+    """One lint run over any number of files. Each file is read and parsed once: a file's
+    findings and what it leaves for later migrations come from the same pass, and each
+    directory keeps one running model (``Schema``) of what its migrations, in yoyo's order,
+    have left so far. (Re-reading the earlier files for every VALIDATE made linting grow with
+    files x VALIDATEs.)"""
 
-    from dbkit.lint.rules import Checker
+    def __init__(self, not_volatile: Callable[[set[str]], set[str]] | None = None) -> None:
+        self._dirs: dict[Path, _Directory] = {}
+        self.not_volatile = not_volatile
 
-    left: dict[Any, str] = {}
-    columns: dict[Any, Any] = {}
-    for f in sorted(path.parent.glob("*.sql")):
-        if f.name >= path.name:
-            break
-        if f.name.endswith(".rollback.sql"):
-            continue
+    def lint_file(self, path: str | Path) -> list[Finding]:
+        p = Path(path)
+        text = _read(p)
+        folder = self._dirs.get(p.parent)
+        if folder is None:
+            folder = self._dirs[p.parent] = _Directory(p.parent)
+        findings, left = _lint(text, str(path), None, lambda: folder.before(p.name),
+                               self.not_volatile)
+        folder.record(p.name, left)
+        return findings
+
+
+class _Directory:
+    """A migrations directory's forward files, what each one leaves (parsed at most once), and
+    the sum of those parts for the files before the one being linted, grown only forward."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.names = sorted(f.name for f in path.glob("*.sql")
+                            if not f.name.endswith(".rollback.sql"))
+        self.steps = set(self.names)
+        self.left: dict[str, Schema] = {}
+        self.sum = _empty_schema()
+        self.upto = 0  # self.sum holds what self.names[:self.upto] left
+
+    def before(self, name: str) -> Schema:
+        """What the migrations sorted before ``name`` left (yoyo's order: by file name)."""
+        i = bisect.bisect_left(self.names, name)
+        if i < self.upto:  # asked out of order: add the parts up again (nothing is re-parsed)
+            self.sum, self.upto = _empty_schema(), 0
+        while self.upto < i:
+            earlier = self.names[self.upto]
+            if earlier not in self.left:
+                self.left[earlier] = self._left_by(earlier)
+            self.sum.add(self.left[earlier])
+            self.upto += 1
+        return self.sum
+
+    def record(self, name: str, left: Schema) -> None:
+        if name in self.steps:  # a rollback file linted by hand is no step in the order
+            self.left.setdefault(name, left)
+
+    def _left_by(self, name: str) -> Schema:
         try:
-            stmts = pglast.parse_sql(f.read_text(encoding="utf-8"))
-        except Exception:  # an unparsable earlier file is reported when it is linted itself
-            continue
-        checker = Checker(transactional=False, columns=columns)
-        checker.earlier = lambda: left
-        checker.earlier_columns = lambda: columns
-        for raw in stmts:
-            for _hit in checker.check(raw.stmt, raw.stmt_location or 0):
-                pass
-        left.update(checker.not_valid)
-    return left, columns
+            text = (self.path / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):  # reported when the file is linted itself
+            return _empty_schema()
+        return _lint(text, name, None, None)[1]  # a file's own part needs nothing earlier
+
+
+def _empty_schema() -> Schema:
+    from dbkit.lint.rules import Schema
+
+    return Schema()
+
+
+def lint_file(path: str | Path) -> list[Finding]:
+    """Lint one SQL migration file (what earlier files in its directory left is taken into
+    account)."""
+    return Linter().lint_file(path)
 
 
 def migration_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -176,10 +230,8 @@ def migration_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def lint_paths(paths: Iterable[str | Path]) -> list[Finding]:
     """Lint files and directories; findings in file order, then line order."""
-    findings: list[Finding] = []
-    for f in migration_files(paths):
-        findings += lint_file(f)
-    return findings
+    linter = Linter()
+    return [f for path in migration_files(paths) for f in linter.lint_file(path)]
 
 
 def _ignores(comments: list[tuple[int, str]], lines: _LineIndex, from_line: int, to_line: int,
@@ -219,15 +271,45 @@ class _LineIndex:
         return line, offset - self.starts[line - 1] + 1
 
 
-def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = False
-         ) -> list[str]:
+def server_volatility(conn: Any) -> Callable[[set[str]], set[str]]:
+    """Ask the server (a psycopg connection) which functions are not VOLATILE, for those the
+    shipped table does not know (the application's own functions, an extension's). A name
+    counts only if every function of that name the search_path can see is STABLE or
+    IMMUTABLE (the linter does not resolve argument types). If the question fails, the answer
+    is "none": the shipped table alone decides, as offline."""
+    import psycopg
+
+    known: dict[str, bool] = {}
+
+    def not_volatile(names: set[str]) -> set[str]:
+        ask = sorted({n.lower() for n in names} - set(known))
+        if ask:
+            try:
+                rows = conn.execute(
+                    "SELECT proname::text, bool_and(provolatile <> 'v') FROM pg_proc "
+                    "WHERE proname = ANY(%s) AND pg_function_is_visible(oid) GROUP BY 1",
+                    [ask]).fetchall()
+            except psycopg.Error:
+                rows = []
+            known.update(dict.fromkeys(ask, False))
+            known.update({name: bool(ok) for name, ok in rows})
+        return {n for n in names if known.get(n.lower())}
+
+    return not_volatile
+
+
+def gate(pending: Iterable[Any], allow_unsafe: bool, env: str, preview: bool = False,
+         conn: Any = None) -> list[str]:
     """``dbkit migrate``'s check of what is about to run (objects with a ``.path``): findings
     come back as warnings with ``--allow-unsafe`` or in development, else LintFindings.
     Findings of severity "warning" are only shown, never refuse the run.
-    A ``preview`` (dry run) only reports what the real run would do."""
+    A ``preview`` (dry run) only reports what the real run would do. With ``conn`` (the
+    migration's connection), the server says which functions in a DEFAULT are volatile."""
     from dbkit.errors import LintFindings
 
-    findings = [f for m in pending if m.path.suffix == ".sql" for f in lint_file(m.path)]
+    linter = Linter(server_volatility(conn) if conn is not None else None)
+    findings = [f for m in pending if m.path.suffix == ".sql"
+                for f in linter.lint_file(m.path)]
     warnings = [f"lint warning (never blocks): {f.path}:{f.line}: [{f.rule}] {f.message}"
                 for f in findings if f.severity != "error"]
     findings = [f for f in findings if f.severity == "error"]

@@ -2,11 +2,15 @@
 
 ``Checker`` walks one file's statements (pglast syntax trees, i.e. PostgreSQL's own parser) in
 order and remembers what the file itself created, because an operation on a table created
-earlier in the same migration cannot block anyone: no other session can see that table yet.
+earlier in the same migration cannot block anyone: no other session can see that table yet. It
+also follows the table locks the migration's transaction holds (the modes PostgreSQL 15 takes
+for each statement), because a scan or a backfill after a statement that blocked writes runs
+under that statement's lock until the commit.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,21 +44,25 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "use DROP INDEX CONCURRENTLY, alone in a migration that starts with "
          "'-- transactional: false'"),
     Rule("add-column-not-null", "ADD COLUMN ... NOT NULL without a DEFAULT on an existing table",
-         "add the column nullable (or with a constant DEFAULT), backfill it, then add "
-         "CHECK (col IS NOT NULL) NOT VALID, VALIDATE it in a later migration, then SET NOT NULL"),
+         "add the column nullable (or with a constant DEFAULT); backfill it in batches in later "
+         "migrations; then add CHECK (col IS NOT NULL) NOT VALID, and in a later migration "
+         "VALIDATE it, then SET NOT NULL"),
     Rule("add-column-rewrite", "ADD COLUMN whose value must be computed for every row",
-         "add the column without the volatile default/identity/stored expression, backfill in "
-         "batches, then set the default for new rows (ALTER COLUMN ... SET DEFAULT)"),
+         "add the column without the volatile default/identity/stored expression and set the "
+         "default for new rows (ALTER COLUMN ... SET DEFAULT); backfill the old rows in batches "
+         "in later migrations"),
     Rule("column-type-change", "ALTER COLUMN ... TYPE on an existing table",
-         "add a new column of the new type, backfill it in batches, switch the code over, then "
-         "drop the old column; if the change is binary-compatible (e.g. varchar(n) to text or a "
-         "longer varchar) no rewrite happens: suppress with '-- dbkit: ignore column-type-change'"),
+         "add a new column of the new type, backfill it in batches in later migrations, switch "
+         "the code over, then drop the old column; if the change is binary-compatible (e.g. "
+         "varchar(n) to text or a longer varchar) no rewrite happens: suppress with "
+         "'-- dbkit: ignore column-type-change'"),
     Rule("set-not-null", "SET NOT NULL without a validated CHECK (col IS NOT NULL) first",
-         "add CHECK (col IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT it in a later migration; "
-         "then SET NOT NULL skips the scan (PostgreSQL 12+) and the CHECK can be dropped"),
+         "add CHECK (col IS NOT NULL) NOT VALID; in a later migration VALIDATE CONSTRAINT it "
+         "first, then SET NOT NULL skips the scan (PostgreSQL 12+) and the CHECK can be dropped"),
     Rule("constraint-not-valid", "FOREIGN KEY or CHECK constraint validated while its lock is held",
-         "add it with NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration "
-         "(validation takes only a SHARE UPDATE EXCLUSIVE lock, reads and writes go on)"),
+         "add it with NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, "
+         "before any other change to that table in it (validation alone takes only a SHARE "
+         "UPDATE EXCLUSIVE lock, reads and writes go on)"),
     Rule("unique-without-index", "UNIQUE or PRIMARY KEY constraint that builds its own index",
          "CREATE UNIQUE INDEX CONCURRENTLY in a '-- transactional: false' migration, then "
          "ALTER TABLE ... ADD CONSTRAINT name UNIQUE (or PRIMARY KEY) USING INDEX index_name"),
@@ -83,7 +91,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "and lock_timeout bounds the wait"),
     Rule("concurrently-in-transaction", "CONCURRENTLY inside a transactional migration",
          "put '-- transactional: false' on the first line of the migration and keep the "
-         "CONCURRENTLY statement alone in it"),
+         "CONCURRENTLY statement alone in it, with no BEGIN ... COMMIT around it"),
     Rule("reindex-not-concurrent", "REINDEX without CONCURRENTLY on an existing table or index",
          "use REINDEX ... CONCURRENTLY, alone in a migration that starts with "
          "'-- transactional: false'"),
@@ -97,7 +105,8 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "put '-- transactional: false' on the first line of the migration (VACUUM, REINDEX "
          "SCHEMA/DATABASE/SYSTEM, CREATE DATABASE ... cannot run in a transaction)"),
     Rule("refresh-matview-not-concurrent", "REFRESH MATERIALIZED VIEW without CONCURRENTLY",
-         "give the view a unique index and use REFRESH MATERIALIZED VIEW CONCURRENTLY"),
+         "give the view a unique index (CREATE UNIQUE INDEX CONCURRENTLY in a "
+         "'-- transactional: false' migration) and use REFRESH MATERIALIZED VIEW CONCURRENTLY"),
     Rule("set-tablespace", "ALTER TABLE ... SET TABLESPACE on an existing table",
          "move the table outside migrations in a maintenance window, or with pg_repack "
          "--tablespace"),
@@ -121,6 +130,10 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("add-json-column", "ADD COLUMN of type json",
          "use jsonb: json has no equality operator, so SELECT DISTINCT, UNION and GROUP BY over "
          "the table's rows fail", "warning"),
+    Rule("backfill-in-ddl-transaction",
+         "a backfill UPDATE in the same transaction as a schema change of its table",
+         "run the backfill in a migration of its own, after the one with the schema change "
+         "(in batches: UPDATE ... WHERE id BETWEEN ...), and no DDL on that table in it"),
     Rule("bad-ignore", "'-- dbkit: ignore' names an unknown rule",
          "use one of the rule ids listed by 'dbkit lint --rules'"),
     Rule("parse-error", "the file is not valid PostgreSQL SQL",
@@ -139,7 +152,55 @@ NON_VOLATILE = {
     "substring", "substr", "left", "right", "array_fill", "int8", "int4", "text", "numeric",
 } | _CATALOG_NON_VOLATILE
 SERIAL_TYPES = {"serial", "serial4", "serial2", "serial8", "bigserial", "smallserial"}
-WRITE_BLOCKING_LOCK = 5  # SHARE and stronger conflict with INSERT/UPDATE/DELETE
+# PostgreSQL's table lock modes, by the numbers its lock manager (and LOCK TABLE's parse tree)
+# uses for them
+ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE, ACCESS_EXCLUSIVE = (
+    3, 4, 5, 6, 7, 8)
+LOCK_MODES = {1: "ACCESS SHARE", 2: "ROW SHARE", 3: "ROW EXCLUSIVE", 4: "SHARE UPDATE EXCLUSIVE",
+              5: "SHARE", 6: "SHARE ROW EXCLUSIVE", 7: "EXCLUSIVE", 8: "ACCESS EXCLUSIVE"}
+WRITE_BLOCKING_LOCK = SHARE  # SHARE and stronger conflict with INSERT/UPDATE/DELETE
+
+
+def _blocks(mode: int) -> str:
+    """What a table lock held in ``mode`` makes other sessions wait for."""
+    if mode >= ACCESS_EXCLUSIVE:
+        return "reads and writes of the table wait"
+    if mode >= SHARE:
+        return "writes to the table wait (reads go on)"
+    return "other schema changes wait (reads and writes go on)"
+
+
+# ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE (PostgreSQL 15's
+# AlterTableGetLockLevel); every other one takes ACCESS EXCLUSIVE
+_ALTER_LOCKS = {
+    AlterTableType.AT_ValidateConstraint: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_SetStatistics: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_SetOptions: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_ResetOptions: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_ClusterOn: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_DropCluster: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_AttachPartition: SHARE_UPDATE_EXCLUSIVE,
+    AlterTableType.AT_EnableTrig: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_EnableAlwaysTrig: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_EnableReplicaTrig: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_DisableTrig: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_EnableTrigAll: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_DisableTrigAll: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_EnableTrigUser: SHARE_ROW_EXCLUSIVE,
+    AlterTableType.AT_DisableTrigUser: SHARE_ROW_EXCLUSIVE,
+}
+
+
+def _alter_lock(cmd: Any) -> int:  # an ast.AlterTableCmd
+    """The table lock one ALTER TABLE subcommand takes."""
+    if cmd.subtype == AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
+        return (SHARE_ROW_EXCLUSIVE if cmd.def_.contype == ConstrType.CONSTR_FOREIGN
+                else ACCESS_EXCLUSIVE)
+    if cmd.subtype == AlterTableType.AT_DetachPartition and _detach_concurrently(cmd):
+        return SHARE_UPDATE_EXCLUSIVE
+    if cmd.subtype in (AlterTableType.AT_SetRelOptions, AlterTableType.AT_ResetRelOptions):
+        return SHARE_UPDATE_EXCLUSIVE  # fillfactor, autovacuum_*: the options migrations set
+    return _ALTER_LOCKS.get(cmd.subtype, ACCESS_EXCLUSIVE)
 
 
 @dataclass
@@ -169,6 +230,23 @@ def table_name(t: Table) -> str:
 
 
 @dataclass
+class Schema:
+    """What migrations left for the ones after them, as far as the rules need it: NOT VALID
+    constraints ((table, name) -> the column the CHECK proves NOT NULL, or "") and column types.
+    A file's own part depends only on that file, so each file is parsed once and the parts are
+    added up in migration order."""
+
+    not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
+    columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
+    tablespaces: dict[Table, str] = field(default_factory=dict)  # where migrations put tables
+
+    def add(self, later: Schema) -> None:
+        self.not_valid.update(later.not_valid)
+        self.columns.update(later.columns)
+        self.tablespaces.update(later.tablespaces)
+
+
+@dataclass
 class Checker:
     """Checks the statements of one migration file, in order."""
 
@@ -178,20 +256,33 @@ class Checker:
     # constraints added NOT VALID in this file: (table, name) -> column proven NOT NULL, or ""
     not_valid: dict[tuple[Table, str], str] = field(default_factory=dict)
     not_null_proven: set[tuple[Table, str]] = field(default_factory=set)
-    # NOT VALID constraints added by earlier migrations, looked up only when this file
-    # validates one it did not add (the recommended two-migration pattern for SET NOT NULL)
-    earlier: Callable[[], dict[tuple[Table, str], str]] = lambda: {}
-    # column types known from CREATE TABLE / ADD COLUMN / ALTER TYPE: (table, col) -> type
+    # what earlier migrations left, asked for only when this file validates a constraint it did
+    # not add (the two-migration pattern for SET NOT NULL) or changes a column's type
+    earlier: Callable[[], Schema] = lambda: Schema()
+    # column types known from this file's CREATE TABLE / ADD COLUMN / ALTER TYPE
     columns: dict[tuple[Table, str], ColType] = field(default_factory=dict)
-    # the same, left by earlier migrations (looked up only on ALTER COLUMN ... TYPE)
-    earlier_columns: Callable[[], dict[tuple[Table, str], ColType]] = lambda: {}
+    tablespaces: dict[Table, str] = field(default_factory=dict)  # set by this file
     in_block: bool = False  # inside an explicit BEGIN ... COMMIT of a non-transactional file
     created_types: set[str] = field(default_factory=set)  # enums and domains made in this file
     new_enum_values: dict[str, str] = field(default_factory=dict)  # value -> type, uncommitted
+    # the strongest lock this transaction holds on each table: (mode, what took it, offset)
+    held: dict[Table, tuple[int, str, int]] = field(default_factory=dict)
+    text: str = ""  # the file, and its tokens: to point at the offending clause
+    tokens: list[Any] = field(default_factory=list)
+    token_starts: list[int] = field(default_factory=list)
+    end: int = 0  # where the statement being checked ends
+    in_do: bool = False  # offsets inside a DO block's body are not offsets in the file
+    # with a connection: of the function names given, those the server says are not VOLATILE
+    not_volatile: Callable[[set[str]], set[str]] | None = None
+
+    def left(self) -> Schema:
+        """What this file leaves for the migrations after it."""
+        return Schema(dict(self.not_valid), dict(self.columns), dict(self.tablespaces))
 
     @property
     def in_tx(self) -> bool:
-        return self.transactional or self.in_block
+        # a DO block is one statement, so one transaction even in a non-transactional file
+        return self.transactional or self.in_block or self.in_do
 
     def block(self) -> str:
         return ("the explicit BEGIN ... COMMIT block (remove the BEGIN and COMMIT too)"
@@ -200,11 +291,34 @@ class Checker:
     def is_new(self, t: Table) -> bool:
         return any(t[1] == c[1] and (not t[0] or not c[0] or t[0] == c[0]) for c in self.created)
 
+    def statement(self, stmt: Any, start: int, end: int) -> Iterator[Hit]:
+        """Check one top-level statement of the file, ``text[start:end]``."""
+        self.end = end
+        yield from self.check(stmt, start)
+        if not self.in_tx:  # autocommit: the statement's locks are gone once it returns
+            self.held.clear()
+
+    def take(self, t: Table, mode: int, what: str, at: int) -> None:
+        """This transaction now holds ``mode`` on ``t`` until it ends."""
+        if mode > self.held.get(t, (0, "", 0))[0]:
+            self.held[t] = (mode, what, at)
+
+    def holder(self, t: Table) -> str:
+        """'the ACCESS EXCLUSIVE lock that ALTER TABLE ... (line 3) took' for a held lock."""
+        mode, what, at = self.held[t]
+        return f"the {LOCK_MODES[mode]} lock that {what} (line {self.line(at)}) took"
+
+    def line(self, offset: int) -> int:
+        return self.text.count("\n", 0, offset) + 1
+
     def check(self, stmt: Any, start: int) -> Iterator[Hit]:
         if self.new_enum_values and not isinstance(stmt, ast.AlterEnumStmt):
             used = sorted({v for v in _string_constants(stmt) if v in self.new_enum_values})
             if used:
-                yield Hit("enum-value-used-in-transaction", start,
+                quoted = {"'" + v.replace("'", "''") + "'" for v in used}
+                at = next((t.start for t in self._tokens(start) if t.name == "SCONST"
+                           and self.text[t.start:t.end + 1] in quoted), start)
+                yield Hit("enum-value-used-in-transaction", at,
                           f"enum value {', '.join(repr(v) for v in used)} was added by ALTER "
                           "TYPE ... ADD VALUE in this transaction: PostgreSQL refuses to use it "
                           "before that commits ('unsafe use of new value'), the migration fails")
@@ -225,10 +339,53 @@ class Checker:
         return iter(())
 
     def _DoStmt(self, stmt: ast.DoStmt, start: int) -> Iterator[Hit]:
-        """Statements run by a PL/pgSQL DO block: its static SQL and EXECUTE of a literal."""
-        for inner in _do_statements(stmt):
-            for hit in self.check(inner, start):
-                yield Hit(hit.rule, start, f"in a DO block: {hit.message}")
+        """Statements run by a PL/pgSQL DO block (one transaction, like any statement): its
+        static SQL and EXECUTE of a literal, each pointed at where its text is in the file."""
+        self.in_do = True
+        try:
+            for query, inner in _do_statements(stmt):
+                at = _find_prefix(self.text, query.strip(), start, self.end)
+                for hit in self.check(inner, at):
+                    yield Hit(hit.rule, at, f"in a DO block: {hit.message}")
+        finally:
+            self.in_do = False
+
+    # -- where in the statement -------------------------------------------------------
+    def _tokens(self, start: int) -> list[Any]:
+        """The statement's tokens from ``start`` on, comments left out."""
+        if self.in_do:
+            return []
+        i = bisect.bisect_left(self.token_starts, start)
+        j = bisect.bisect_left(self.token_starts, self.end)
+        return [t for t in self.tokens[i:j] if t.name != "SQL_COMMENT"]
+
+    def keyword(self, start: int, *names: str) -> int:
+        """Where the first of ``names`` (scanner token names) is in the statement, else start."""
+        return next((t.start for t in self._tokens(start) if t.name in names), start)
+
+    def clauses(self, rv: ast.RangeVar | None, n: int, start: int) -> list[int]:
+        """Where each of the ``n`` comma-separated subcommands of an ALTER ... starts: after
+        the relation's (possibly qualified) name, split at commas outside parentheses."""
+        toks = self._tokens(start)
+        loc = rv.location if rv is not None and rv.location is not None else -1
+        i = next((k for k, t in enumerate(toks) if t.start >= loc), len(toks)) if loc >= 0 else 0
+        i += 1  # the name
+        while i + 1 < len(toks) and toks[i].name == "ASCII_46":  # . schema-qualified
+            i += 2
+        if i < len(toks) and toks[i].name == "ASCII_42":  # * (descendants)
+            i += 1
+        found, depth, at_start = [], 0, True
+        for t in toks[i:]:
+            if at_start and t.name != "ASCII_59":
+                found.append(t.start)
+                at_start = False
+            if t.name == "ASCII_40":
+                depth += 1
+            elif t.name == "ASCII_41":
+                depth -= 1
+            elif t.name == "ASCII_44" and depth == 0:
+                at_start = True
+        return found if len(found) == n else [start] * n
 
     # -- types, schemas, databases, domains ---------------------------------------------
     def _CreateEnumStmt(self, stmt: ast.CreateEnumStmt, start: int) -> Iterator[Hit]:
@@ -244,7 +401,7 @@ class Checker:
         if typ in self.created_types:
             return
         if stmt.oldVal:
-            yield Hit("rename-enum-value", start,
+            yield Hit("rename-enum-value", self.keyword(start, "RENAME"),
                       f"renaming value {stmt.oldVal!r} of enum {typ} to {stmt.newVal!r} breaks "
                       "every running instance of the application that still uses the old value")
         elif stmt.newVal and self.in_tx:
@@ -274,6 +431,7 @@ class Checker:
     def _CreateStmt(self, stmt: ast.CreateStmt, start: int) -> Iterator[Hit]:
         t = table_key(stmt.relation)
         self.created.append(t)
+        self.tablespaces[t] = stmt.tablespacename or "pg_default"
         for elt in stmt.tableElts or ():
             if isinstance(elt, ast.ColumnDef) and elt.colname:
                 self.columns[(t, elt.colname)] = _col_type(elt.typeName)
@@ -290,20 +448,23 @@ class Checker:
 
     def _RenameStmt(self, stmt: ast.RenameStmt, start: int) -> Iterator[Hit]:
         t = table_key(stmt.relation)
+        at = self.keyword(start, "RENAME")
+        if stmt.relation is not None and stmt.relationType == ObjectType.OBJECT_TABLE:
+            self.take(t, ACCESS_EXCLUSIVE, f"ALTER TABLE {table_name(t)} RENAME", at)
         if stmt.renameType == ObjectType.OBJECT_SCHEMA:
-            yield Hit("rename-schema", start,
+            yield Hit("rename-schema", at,
                       f"renaming schema {stmt.subname} to {stmt.newname} breaks every running "
                       "instance of the application that names its objects by the old schema")
         elif stmt.renameType == ObjectType.OBJECT_TABLE:
             if self.is_new(t):
                 self.created.append((t[0], stmt.newname or ""))
                 return
-            yield Hit("rename-table", start,
+            yield Hit("rename-table", at,
                       f"renaming table {table_name(t)} to {stmt.newname} breaks every running "
                       "instance of the application that still uses the old name")
         elif (stmt.renameType == ObjectType.OBJECT_COLUMN
               and stmt.relationType == ObjectType.OBJECT_TABLE and not self.is_new(t)):
-            yield Hit("rename-column", start,
+            yield Hit("rename-column", at,
                       f"renaming column {table_name(t)}.{stmt.subname} to {stmt.newname} breaks "
                       "every running instance of the application that still uses the old name")
 
@@ -312,9 +473,12 @@ class Checker:
         t = table_key(stmt.relation)
         if stmt.idxname:
             self.created_indexes.add(stmt.idxname)
+        self.take(t, SHARE_UPDATE_EXCLUSIVE if stmt.concurrent else SHARE,
+                            f"CREATE INDEX{' CONCURRENTLY' if stmt.concurrent else ''} on "
+                            f"{table_name(t)}", start)
         if stmt.concurrent:
             if self.in_tx:
-                yield Hit("concurrently-in-transaction", start,
+                yield Hit("concurrently-in-transaction", self.keyword(start, "CONCURRENTLY"),
                           f"CREATE INDEX CONCURRENTLY cannot run inside {self.block()}: "
                           "this migration will fail")
         elif not self.is_new(t):
@@ -327,7 +491,7 @@ class Checker:
                  if isinstance(obj, tuple)]
         if stmt.removeType == ObjectType.OBJECT_INDEX:
             if stmt.concurrent and self.in_tx:
-                yield Hit("concurrently-in-transaction", start,
+                yield Hit("concurrently-in-transaction", self.keyword(start, "CONCURRENTLY"),
                           f"DROP INDEX CONCURRENTLY cannot run inside {self.block()}: "
                           "this migration will fail")
             old = [n for n in names if n.rsplit(".", 1)[-1] not in self.created_indexes]
@@ -336,6 +500,8 @@ class Checker:
                           f"dropping index {', '.join(old)} takes an ACCESS EXCLUSIVE lock on its "
                           "table: reads and writes wait for it, and behind it, while it waits")
         elif stmt.removeType == ObjectType.OBJECT_TABLE:
+            for n in names:
+                self.take(_split(n), ACCESS_EXCLUSIVE, f"DROP TABLE {n}", start)
             old_tables = [n for n in names if not self.is_new(_split(n))]
             if old_tables:
                 yield Hit("drop-table", start,
@@ -348,9 +514,14 @@ class Checker:
         kind = stmt.kind
         many = kind not in (ReindexObjectType.REINDEX_OBJECT_INDEX,
                             ReindexObjectType.REINDEX_OBJECT_TABLE)
+        if kind == ReindexObjectType.REINDEX_OBJECT_TABLE:
+            t = table_key(stmt.relation)
+            self.take(t, SHARE_UPDATE_EXCLUSIVE if concurrent else SHARE,
+                                f"REINDEX TABLE {table_name(t)}", start)
         if self.in_tx and (concurrent or many):
             yield Hit("concurrently-in-transaction" if concurrent else "refused-in-transaction",
-                      start, f"REINDEX {'CONCURRENTLY ' if concurrent else ''}"
+                      self.keyword(start, "CONCURRENTLY") if concurrent else start,
+                      f"REINDEX {'CONCURRENTLY ' if concurrent else ''}"
                       f"{_kind_word(kind)} cannot run inside {self.block()}: "
                       "this migration will fail")
         if concurrent or kind in (ReindexObjectType.REINDEX_OBJECT_SYSTEM,):
@@ -375,13 +546,22 @@ class Checker:
 
     def _RefreshMatViewStmt(self, stmt: ast.RefreshMatViewStmt, start: int) -> Iterator[Hit]:
         t = table_key(stmt.relation)
+        self.take(t, EXCLUSIVE if stmt.concurrent else ACCESS_EXCLUSIVE,
+                            f"REFRESH MATERIALIZED VIEW {table_name(t)}", start)
         if not stmt.concurrent and not self.is_new(t):
             yield Hit("refresh-matview-not-concurrent", start,
                       f"REFRESH MATERIALIZED VIEW {table_name(t)} holds an ACCESS EXCLUSIVE lock "
                       "on it: every read of the view waits until the refresh finishes")
 
     def _UpdateStmt(self, stmt: ast.UpdateStmt, start: int) -> Iterator[Hit]:
-        return self._unbounded("UPDATE", stmt.relation, stmt.whereClause, start)
+        t = table_key(stmt.relation)
+        if self.in_tx and not self.is_new(t):
+            if self.held.get(t, (0,))[0] >= WRITE_BLOCKING_LOCK:
+                yield Hit("backfill-in-ddl-transaction", start,
+                          f"this UPDATE of {table_name(t)} runs while the transaction holds "
+                          f"{self.holder(t)}: {_blocks(self.held[t][0])} for the whole backfill")
+        self.take(t, ROW_EXCLUSIVE, f"UPDATE {table_name(t)}", start)
+        yield from self._unbounded("UPDATE", stmt.relation, stmt.whereClause, start)
 
     def _DeleteStmt(self, stmt: ast.DeleteStmt, start: int) -> Iterator[Hit]:
         return self._unbounded("DELETE", stmt.relation, stmt.whereClause, start)
@@ -397,6 +577,9 @@ class Checker:
 
     # -- destructive and heavy-lock statements -----------------------------------------------
     def _TruncateStmt(self, stmt: ast.TruncateStmt, start: int) -> Iterator[Hit]:
+        for r in stmt.relations or ():
+            self.take(table_key(r), ACCESS_EXCLUSIVE,
+                                f"TRUNCATE {table_name(table_key(r))}", start)
         old = [table_name(table_key(r)) for r in stmt.relations or ()
                if not self.is_new(table_key(r))]
         if old:
@@ -410,23 +593,32 @@ class Checker:
             yield Hit("refused-in-transaction", start,
                       f"VACUUM cannot run inside {self.block()}: this migration will fail")
         if stmt.is_vacuumcmd and full:
-            yield Hit("vacuum-full", start,
+            yield Hit("vacuum-full", self.keyword(start, "FULL"),
                       "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and "
                       "writes wait until it finishes")
 
     def _ClusterStmt(self, stmt: ast.ClusterStmt, start: int) -> Iterator[Hit]:
+        if stmt.relation is not None:
+            t = table_key(stmt.relation)
+            self.take(t, ACCESS_EXCLUSIVE, f"CLUSTER {table_name(t)}", start)
         if stmt.relation is None or not self.is_new(table_key(stmt.relation)):
             yield Hit("cluster", start,
                       "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes "
                       "wait until it finishes")
 
     def _LockStmt(self, stmt: ast.LockStmt, start: int) -> Iterator[Hit]:
+        mode = stmt.mode or ACCESS_EXCLUSIVE
+        for r in stmt.relations or ():
+            t = table_key(r)
+            self.take(t, mode, f"LOCK TABLE {table_name(t)}", start)
         old = [table_name(table_key(r)) for r in stmt.relations or ()
                if not self.is_new(table_key(r))]
-        if (stmt.mode or 0) >= WRITE_BLOCKING_LOCK and old:
-            yield Hit("lock-table", start,
-                      f"LOCK TABLE {', '.join(old)} blocks writes (or reads too) for the rest of "
-                      "the migration's transaction")
+        at = self.keyword(start, "IN_P")  # IN ... MODE; without it, the default mode
+        if mode >= WRITE_BLOCKING_LOCK and old:
+            yield Hit("lock-table", at,
+                      f"LOCK TABLE {', '.join(old)} takes {LOCK_MODES[mode]} mode"
+                      f"{' (the default)' if at == start else ''}: {_blocks(mode)} for the "
+                      "rest of the migration's transaction")
 
     # -- ALTER TABLE ------------------------------------------------------------------
     def _AlterTableStmt(self, stmt: ast.AlterTableStmt, start: int) -> Iterator[Hit]:
@@ -435,64 +627,84 @@ class Checker:
         t = table_key(stmt.relation)
         new = self.is_new(t)
         name = table_name(t)
-        for cmd in stmt.cmds or ():
-            sub = cmd.subtype
-            if sub == AlterTableType.AT_DetachPartition:
-                if _detach_concurrently(cmd):
-                    if self.in_tx:
-                        yield Hit("concurrently-in-transaction", start,
-                                  "DETACH PARTITION CONCURRENTLY cannot run inside "
-                                  f"{self.block()}: this migration will fail")
-                elif not new:
-                    yield Hit("detach-partition-not-concurrent", start,
-                              f"DETACH PARTITION holds an ACCESS EXCLUSIVE lock on {name}: "
-                              "reads and writes of the whole partitioned table wait")
-                continue
-            if sub == AlterTableType.AT_AddColumn:
-                yield from self._add_column(cmd.def_, t, new, start)
-            elif sub == AlterTableType.AT_AddConstraint:
-                yield from self._add_constraint(cmd.def_, t, new, start)
-            elif sub == AlterTableType.AT_ValidateConstraint:
-                col = self.not_valid.pop((t, cmd.name), None)
-                if col is None:
-                    col = self.earlier().get((t, cmd.name)) or None
-                    if col:
-                        self.not_null_proven.add((t, col))
-                    continue
-                if self.transactional and not new:
-                    yield Hit("constraint-not-valid", _loc(cmd, start),
-                              f"VALIDATE CONSTRAINT {cmd.name} runs in the same transaction as "
-                              "its ADD ... NOT VALID, so the full scan happens while that "
-                              f"statement's lock on {name} is still held")
-                if col:
-                    self.not_null_proven.add((t, col))
-            elif new:
-                if sub == AlterTableType.AT_AlterColumnType and cmd.name:
-                    self.columns[(t, cmd.name)] = _col_type(cmd.def_.typeName)
-                continue
-            elif sub == AlterTableType.AT_SetTableSpace:
-                yield Hit("set-tablespace", start,
-                          f"SET TABLESPACE copies {name} and its files to tablespace {cmd.name} "
-                          "under an ACCESS EXCLUSIVE lock: reads and writes wait until it is done")
-            elif sub == AlterTableType.AT_DropNotNull:
-                yield Hit("drop-not-null", start,
-                          f"DROP NOT NULL on {name}.{cmd.name}: running code that assumes the "
-                          "column is never NULL may break once NULLs appear")
-            elif sub == AlterTableType.AT_AlterColumnType:
-                if self._relaxing(t, cmd):
-                    continue
-                yield Hit("column-type-change", _loc(cmd.def_, start),
-                          f"changing the type of {name}.{cmd.name} rewrites the table and its "
-                          "indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless "
-                          "the new type is binary-compatible; running code may also break")
-            elif sub == AlterTableType.AT_SetNotNull and (t, cmd.name) not in self.not_null_proven:
-                yield Hit("set-not-null", start,
-                          f"SET NOT NULL on {name}.{cmd.name} scans the whole table under an "
-                          "ACCESS EXCLUSIVE lock (reads and writes wait)")
-            elif sub == AlterTableType.AT_DropColumn:
-                yield Hit("drop-column", start,
-                          f"dropping column {name}.{cmd.name} deletes its data and breaks running "
-                          "code that still reads or writes it")
+        cmds = list(stmt.cmds or ())
+        at = self.clauses(stmt.relation, len(cmds), start)
+        # the statement takes the strongest lock any of its subcommands needs, up front
+        mode = max((_alter_lock(cmd) for cmd in cmds), default=ACCESS_EXCLUSIVE)
+        self.take(t, mode, f"ALTER TABLE {name}", at[0] if at else start)
+        for cmd in cmds:
+            if isinstance(cmd.def_, ast.Constraint) and cmd.def_.contype == ConstrType.CONSTR_FOREIGN:
+                ref = table_key(cmd.def_.pktable)
+                self.take(ref, SHARE_ROW_EXCLUSIVE, f"ALTER TABLE {name} ADD FOREIGN KEY",
+                          at[0] if at else start)
+        for cmd, here in zip(cmds, at, strict=True):
+            yield from self._alter_cmd(cmd, t, new, name, here)
+
+    def _alter_cmd(self, cmd: Any, t: Table, new: bool, name: str, at: int
+                   ) -> Iterator[Hit]:
+        sub = cmd.subtype
+        if sub == AlterTableType.AT_DetachPartition:
+            if _detach_concurrently(cmd):
+                if self.in_tx:
+                    yield Hit("concurrently-in-transaction", self.keyword(at, "CONCURRENTLY"),
+                              "DETACH PARTITION CONCURRENTLY cannot run inside "
+                              f"{self.block()}: this migration will fail")
+            elif not new:
+                yield Hit("detach-partition-not-concurrent", at,
+                          f"DETACH PARTITION takes an ACCESS EXCLUSIVE lock on {name}: it waits "
+                          "for every running query on any of its partitions, and every read and "
+                          "write of the partitioned table waits behind it")
+        elif sub == AlterTableType.AT_AddColumn:
+            yield from self._add_column(cmd.def_, t, new, at)
+        elif sub == AlterTableType.AT_AddConstraint:
+            yield from self._add_constraint(cmd.def_, t, new, at)
+        elif sub == AlterTableType.AT_ValidateConstraint:
+            col = self.not_valid.pop((t, cmd.name), None)
+            if col is None:
+                col = self.earlier().not_valid.get((t, cmd.name)) or None
+            if (self.in_tx and not new
+                    and self.held.get(t, (0,))[0] >= WRITE_BLOCKING_LOCK):
+                yield Hit("constraint-not-valid", at,
+                          f"VALIDATE CONSTRAINT {cmd.name} scans all of {name} while this "
+                          f"transaction holds {self.holder(t)}: "
+                          f"{_blocks(self.held[t][0])} for the whole scan (alone, VALIDATE "
+                          "takes only SHARE UPDATE EXCLUSIVE)")
+            if col:
+                self.not_null_proven.add((t, col))
+        elif new:
+            if sub == AlterTableType.AT_SetTableSpace:
+                self.tablespaces[t] = cmd.name or ""
+            if sub == AlterTableType.AT_AlterColumnType and cmd.name:
+                self.columns[(t, cmd.name)] = _col_type(cmd.def_.typeName)
+        elif sub == AlterTableType.AT_SetTableSpace:
+            # moving a table to where it already is copies nothing (PostgreSQL returns at once);
+            # a table no migration moved is taken to be in pg_default, as CREATE TABLE puts it
+            now = self.tablespaces.get(t) or self.earlier().tablespaces.get(t, "pg_default")
+            self.tablespaces[t] = cmd.name or ""
+            if cmd.name == now:
+                return
+            yield Hit("set-tablespace", at,
+                      f"SET TABLESPACE copies {name} and its files to tablespace {cmd.name} "
+                      "under an ACCESS EXCLUSIVE lock: reads and writes wait until it is done")
+        elif sub == AlterTableType.AT_DropNotNull:
+            yield Hit("drop-not-null", at,
+                      f"DROP NOT NULL on {name}.{cmd.name}: running code that assumes the "
+                      "column is never NULL may break once NULLs appear")
+        elif sub == AlterTableType.AT_AlterColumnType:
+            if self._relaxing(t, cmd):
+                return
+            yield Hit("column-type-change", at,
+                      f"changing the type of {name}.{cmd.name} rewrites the table and its "
+                      "indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless "
+                      "the new type is binary-compatible; running code may also break")
+        elif sub == AlterTableType.AT_SetNotNull and (t, cmd.name) not in self.not_null_proven:
+            yield Hit("set-not-null", at,
+                      f"SET NOT NULL on {name}.{cmd.name} scans the whole table under an "
+                      "ACCESS EXCLUSIVE lock (reads and writes wait)")
+        elif sub == AlterTableType.AT_DropColumn:
+            yield Hit("drop-column", at,
+                      f"dropping column {name}.{cmd.name} deletes its data and breaks running "
+                      "code that still reads or writes it")
 
     def _add_column(self, col: ast.ColumnDef, t: Table, new: bool, start: int) -> Iterator[Hit]:
         cons: list[ast.Constraint] = list(col.constraints or ())
@@ -518,12 +730,16 @@ class Checker:
             yield Hit("add-column-not-null", loc,
                       f"adding {where} as NOT NULL without a DEFAULT fails on a table that has "
                       "rows, and breaks running code whose INSERTs do not set it")
-        rewrite = _rewrite_reason(cons, typename)
+        rewrite = _rewrite_reason(cons, typename, self.not_volatile)
         if rewrite:
             yield Hit("add-column-rewrite", loc,
                       f"adding {where} with {rewrite} rewrites the whole table under an ACCESS "
                       "EXCLUSIVE lock (reads and writes wait)")
         for c in cons:
+            if c.contype == ConstrType.CONSTR_FOREIGN and not has_value:
+                # a new column without a default is all NULL: PostgreSQL marks its inline
+                # FOREIGN KEY valid without checking a row (measured: no scan of either table)
+                continue
             if c.contype in (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK):
                 yield self._unvalidated(c, t, start)
             elif c.contype in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY):
@@ -536,7 +752,7 @@ class Checker:
             return False
         new_type = _col_type(col_def.typeName)
         key = (t, cmd.name or "")
-        old_type = self.columns.get(key) or self.earlier_columns().get(key)
+        old_type = self.columns.get(key) or self.earlier().columns.get(key)
         self.columns[key] = new_type
         if old_type is None or col_def.raw_default is not None or col_def.collClause is not None:
             return False
@@ -585,6 +801,18 @@ class Checker:
                    "ACCESS EXCLUSIVE lock: reads and writes wait until it is built")
 
 
+def _find_prefix(text: str, query: str, start: int, end: int) -> int:
+    """Where the longest start of ``query`` (at least a word's worth) is in text[start:end]:
+    a DO block's statement, or the first literal piece of an EXECUTE string; else ``start``."""
+    n = min(len(query), 80)
+    while n >= 6:
+        found = text.find(query[:n], start, end)
+        if found >= 0:
+            return found
+        n -= 1 if n <= 20 else n // 4
+    return start
+
+
 def _loc(node: Any, default: int) -> int:
     loc = getattr(node, "location", None)
     return loc if isinstance(loc, int) and loc >= 0 else default
@@ -619,7 +847,8 @@ def _not_null_columns(expr: Any) -> list[str]:
     return []
 
 
-def _rewrite_reason(cons: list[ast.Constraint], typename: str) -> str:
+def _rewrite_reason(cons: list[ast.Constraint], typename: str,
+                    not_volatile: Callable[[set[str]], set[str]] | None = None) -> str:
     if typename in SERIAL_TYPES:
         return f"type {typename} (a nextval() default)"
     for c in cons:
@@ -628,7 +857,10 @@ def _rewrite_reason(cons: list[ast.Constraint], typename: str) -> str:
         if c.contype == ConstrType.CONSTR_GENERATED and c.generated_kind != "v":
             return "a stored generated expression"
         if c.contype == ConstrType.CONSTR_DEFAULT:
-            volatile = sorted(_unknown_functions(c.raw_expr))
+            unknown = _unknown_functions(c.raw_expr)
+            if unknown and not_volatile is not None:  # the server's own pg_proc, if asked
+                unknown -= not_volatile(unknown)
+            volatile = sorted(unknown)
             if volatile:
                 return (f"a DEFAULT calling {', '.join(volatile)}() (volatile, or not known to "
                         "dbkit to be otherwise)")
@@ -711,7 +943,7 @@ def _string_constants(stmt: Any) -> Iterator[str]:
             yield node.val.sval
 
 
-def _do_statements(stmt: ast.DoStmt) -> list[Any]:
+def _do_statements(stmt: ast.DoStmt) -> list[tuple[str, Any]]:
     """The SQL a PL/pgSQL DO block runs: its static statements, and EXECUTE of a string literal
     (or a concatenation of literals)."""
     import json
@@ -747,10 +979,10 @@ def _do_statements(stmt: ast.DoStmt) -> list[Any]:
                 visit(item)
 
     visit(json.loads(json.dumps(tree)))
-    found: list[Any] = []
+    found: list[tuple[str, Any]] = []
     for q in queries:
         try:
-            found += [raw.stmt for raw in pglast.parse_sql(q)]
+            found += [(q[raw.stmt_location or 0:], raw.stmt) for raw in pglast.parse_sql(q)]
         except Exception:  # noqa: BLE001 - PL/pgSQL variables in the text make it unparsable
             continue
     return found

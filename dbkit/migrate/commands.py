@@ -289,7 +289,7 @@ def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
         state = runner.prepare(files)
         drifted = _warnings(files, state, refuse_renames=True)
         pending = _pending(files, state, to)  # computed under the lock
-        unsafe = [] if mark else lint_gate(pending, allow_unsafe, settings.env)
+        unsafe = [] if mark else lint_gate(pending, allow_unsafe, settings.env, conn=runner.conn)
         result.already_applied = len(state.applied)
         for f in pending:
             result.applied.append(runner.mark(f) if mark else runner.run(f, "apply"))

@@ -3,7 +3,6 @@ ALTER TABLE invoices ADD CONSTRAINT invoices_account_fk_nv FOREIGN KEY (account_
     REFERENCES accounts (id) NOT VALID;
 ALTER TABLE invoices ADD CONSTRAINT invoices_total_positive CHECK (total > 0);
 ALTER TABLE invoices ADD CONSTRAINT invoices_total_positive_nv CHECK (total > 0) NOT VALID;
-ALTER TABLE accounts ADD CONSTRAINT accounts_email_key UNIQUE (email);
-ALTER TABLE accounts ADD CONSTRAINT accounts_email_lower_uq UNIQUE USING INDEX accounts_email_lower_key;
-ALTER TABLE accounts ADD COLUMN referrer_id bigint REFERENCES accounts (id);
+ALTER TABLE accounts ADD CONSTRAINT accounts_email_unique UNIQUE (email);
+ALTER TABLE accounts ADD CONSTRAINT accounts_email_uq UNIQUE USING INDEX accounts_email_uidx;
 ALTER TABLE accounts ADD COLUMN slug text UNIQUE;
