@@ -1,6 +1,7 @@
 """Run every benchmark: ``python -m bench [NAME ...]`` (names: startup, migrate, seed, testdb,
 setup, fleet, lint). Each prints a table of medians and speed ratios against its floor, measured
 in the same run, and writes bench/results/NAME.json."""
+
 from __future__ import annotations
 
 import importlib
