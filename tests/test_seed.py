@@ -383,3 +383,20 @@ def test_peak_memory_is_flat_in_the_row_count(migrated):
         assert schema_snapshot(conn) == before
     assert big < 150, f"peak RSS {big:.0f} MiB"
     assert big - small < 25, f"peak RSS grew from {small:.0f} to {big:.0f} MiB with 100x the rows"
+
+
+def test_the_hint_after_setup_seeded_the_sample_works_when_followed(app):
+    """Right after setup (sample loaded), seed --help's synthetic example is refused; its hint
+    must lead somewhere that works, not back to the sample."""
+    assert app.cli("setup").code == 0
+    synthetic = ("seed", "--users", "20", "--posts", "50", "--votes", "30", "--seed", "7")
+    r = app.cli(*synthetic)
+    assert r.code == 7 and "dbkit reset --no-seed" in r.err and "--append" in r.err, r.output
+    assert app.cli("reset", "--yes", "--no-seed").code == 0
+    again = app.cli(*synthetic)
+    assert again.code == 0, again.output
+    production = app.cli(*synthetic, "--append", "--allow-production", DBKIT_ENV="production")
+    assert production.code == 0, production.output
+    refused = app.cli(*synthetic[:-2], "--seed", "8", "--allow-production",
+                      DBKIT_ENV="production")
+    assert refused.code == 7 and "reset" not in refused.err, refused.output

@@ -138,8 +138,10 @@ def seed_synthetic(target: Target, users: int, posts: int, votes: int, seed: int
                 raise Conflict(
                     "the tables already hold other rows (" +
                     ", ".join(f"{t} {n}" for t, n in have.items()) + ")",
-                    hint="pass --append to add after the existing ids, or seed an empty "
-                         "database (dbkit reset)")
+                    # reset alone would load the sample again and this would fail again
+                    hint="pass --append to add after the existing ids" + (
+                        "" if target.settings.production else
+                        ", or start from an empty database: dbkit reset --no-seed"))
             top = {t: _scalar(conn, "SELECT coalesce(max(id), 0) FROM {}", t)
                    for t in ("users", "posts")}
             plan = Plan(users, posts, votes, seed, top["users"] + 1, top["posts"] + 1)
