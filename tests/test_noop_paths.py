@@ -144,3 +144,20 @@ def test_a_same_named_table_earlier_on_the_search_path_is_not_the_bookkeeping(mi
         conn.execute(f'ALTER ROLE "{migrated.role}" SET search_path = shadow, public')
     report = commands.status(_target(migrated))
     assert report.applied == [] and len(report.pending) == 6
+
+
+def test_a_role_that_may_only_read_the_bookkeeping_still_gets_the_locked_paths_refusal(migrated):
+    """Up to date, but the role could not take the lock: the one look does not say "up to
+    date" for it; the locked path refuses, as it always did (exit 5)."""
+    reader, password = f"{migrated.role}_ro", "ro-pw-1"
+    migrated.extra_roles.append(reader)
+    with psycopg.connect(autocommit=True, **migrated.pg.connect_kwargs()) as admin:
+        admin.execute(f"CREATE ROLE \"{reader}\" LOGIN PASSWORD '{password}'")
+    with migrated.connect(autocommit=True) as conn:
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{reader}"')
+    with psycopg.connect(autocommit=True, **migrated.pg.connect_kwargs()) as admin:
+        admin.execute(f'GRANT CONNECT ON DATABASE "{migrated.db}" TO "{reader}"')
+    url = migrated.url.with_(user=reader, password=password).render(reveal=True)
+    assert migrated.cli("status", "--check", DATABASE_URL=url).code == 0
+    r = migrated.cli("migrate", DATABASE_URL=url)
+    assert r.code == 5, r.output

@@ -75,7 +75,7 @@ class State:
     settled: bool = False  # every bookkeeping table there, yoyo's at its newest version
     running: bool = True  # a history row still 'running' (a run in progress, or killed)
     yoyo_locked: bool = True  # a committed row in yoyo's lock table (a yoyo run, or a stale one)
-    writable: bool = False  # the role may take the lock row and close history rows
+    writable: bool = False  # the role may insert yoyo's lock row and update history rows
 
     @property
     def applied_hashes(self) -> set[str]:
@@ -103,7 +103,7 @@ FROM (SELECT
     EXISTS (SELECT 1 FROM _dbkit_history WHERE outcome = 'running') AS running,
     EXISTS (SELECT 1 FROM yoyo_lock) AS yoyo_locked,
     has_table_privilege('yoyo_lock', 'INSERT')
-      AND has_table_privilege('_dbkit_history', 'INSERT, UPDATE') AS writable,
+      AND has_table_privilege('_dbkit_history', 'UPDATE') AS writable,
     (SELECT bool_and(to_regclass(t) IS NOT DISTINCT FROM
                      to_regclass(format('%%I.%%I', current_schema(), t)))
      FROM unnest(%(read)s::text[]) t) AS resolved) s
