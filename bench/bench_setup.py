@@ -12,7 +12,8 @@ data (5 users, 10 posts, 24 votes) — compared row by row without ids.
   migration files, ``psql -1 -f harden.sql -f seed.sql`` (REVOKE/ALTER SCHEMA, then the sample
   rows as INSERTs) — each step's median is printed too.
 
-Passwords go through PGPASSWORD or stdin, never argv. dbkit additionally records checksums
+Passwords go through PGPASSWORD or stdin, never argv. dbkit's modules are byte-compiled
+first, as a wheel install leaves them (bench_startup.compiled). dbkit additionally records checksums
 and history (``_dbkit_checksum``, ``_dbkit_history``), lints pending migrations and checks the
 schema before seeding; the chain does none of that. Each run starts from nothing (role and
 database dropped, untimed); runs are interleaved; medians.
@@ -102,11 +103,13 @@ def main(runs: int = 7) -> list[dict[str, object]]:
     import psycopg
     from psycopg import sql
 
+    from bench.bench_startup import compiled
     from dbkit import setup
     from dbkit.migrate.files import packaged_dir
     from dbkit.server import find_pg_bin
     from dbkit.settings import Settings
 
+    compiled()  # dbkit's .pyc, as a wheel install leaves them (see bench_startup)
     packaged = packaged_dir()
     bindir = find_pg_bin()
     yoyo = str(Path(sys.executable).parent / "yoyo")

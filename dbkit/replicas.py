@@ -40,6 +40,11 @@ _SHOWN = 3  # replicas named in a one-line error
 
 def in_recovery(conn: psycopg.Connection[Any]) -> bool:
     """True on a standby (a server replaying WAL: hot standby, or one restoring an archive)."""
+    # PostgreSQL 14+ reports in_hot_standby at login (and on promotion): no round trip, so the
+    # no-op deploy gate stays at one query. A standby that is not hot takes no logins at all.
+    reported = conn.info.parameter_status("in_hot_standby")
+    if reported is not None:
+        return reported == "on"
     return bool(value(conn, "SELECT pg_is_in_recovery()"))
 
 

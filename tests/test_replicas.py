@@ -276,3 +276,14 @@ def test_an_ha_url_where_only_the_standby_answers_is_exit_4_and_nothing_is_writt
     # and dbkit wait keeps waiting for a read-write host rather than settling on the standby
     w = created.cli("wait", "--timeout", "1", DATABASE_URL=url, DBKIT_ADMIN_URL=None)
     assert w.code == 4 and "only standbys answer" in w.err, w.output
+
+
+@pytest.mark.slow
+def test_a_no_op_migrate_on_a_standby_is_refused_too(created: App,
+                                                     replica: StreamingReplica) -> None:
+    """Nothing pending is no excuse: a deploy gate pointed at a standby by mistake would
+    otherwise report "up to date" forever while the primary moves on."""
+    assert created.cli("migrate").code == 0
+    replica.catch_up()
+    r = created.cli("migrate", DATABASE_URL=replica.url_for(created.url).render(reveal=True))
+    assert r.code == 4 and "standby" in r.err, r.output

@@ -2,25 +2,20 @@
 
 Each command parses options, resolves ``Settings`` once, calls one library function and renders
 text or ``--json``. Errors become output and exit codes here, in ``run`` only. One module per
-command group, named after its commands; they import psycopg and yoyo only inside their
-functions, so ``dbkit --help`` stays fast.
+command group, named after its commands, imported only when one of its commands runs
+(``common.COMMANDS``); they import psycopg, yoyo and pglast only inside their functions, and
+only on the paths that need them, so ``dbkit --help`` and a no-op deploy gate start fast
+(tests/test_imports.py).
 """
 
 from __future__ import annotations
 
 import sys
-import traceback
 
 import click
 
-from dbkit.cli import create, doctor, lint, migrate, seed, server, setup, testdb, wait
 from dbkit.cli.common import Terminated, cli, one_line, state
-from dbkit.db import as_refusal
-from dbkit.errors import DbkitError, first_line
-from dbkit.urls import mask_secrets
-
-# Importing a command module registers its commands on ``cli``.
-COMMAND_MODULES = (setup, create, migrate, seed, lint, doctor, server, wait, testdb)
+from dbkit.errors import DbkitError
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -61,10 +56,16 @@ def run(argv: list[str] | None = None) -> int:
         click.echo("dbkit: interrupted", err=True)
         return 130
     except Exception as exc:  # a bug or an unforeseen failure: still one line, still masked
+        from dbkit.db import as_refusal
+        from dbkit.errors import first_line
+        from dbkit.urls import mask_secrets
+
         refused = as_refusal(exc)  # a server's "no" that no caller named: never exit 1
         if refused is not None:
             return run_error(refused)
         if state.debug:
+            import traceback
+
             traceback.print_exc()
         click.echo(f"dbkit: unexpected error: {exc.__class__.__name__}: "
                    f"{one_line(mask_secrets(first_line(exc)))} "
@@ -74,7 +75,11 @@ def run(argv: list[str] | None = None) -> int:
 
 def run_error(exc: DbkitError) -> int:
     """One line on stderr, masked; the traceback only with --debug."""
+    from dbkit.urls import mask_secrets
+
     if state.debug:
+        import traceback
+
         traceback.print_exc()
     click.echo(one_line(f"dbkit: error: {mask_secrets(exc.message)} (hint: {exc.hint})"), err=True)
     return exc.exit_code

@@ -68,9 +68,10 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
             lock_timeout: str | None, statement_timeout: str | None, migrations: str | None,
             wait_replicas: str | None, targets: Path | None, parallel: int | None,
             per_server: int | None, canary: int, fail_fast: bool, as_json: bool) -> None:
-    """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL (or on every
-    database in --targets FILE: exit 8 if any migration failed, 4 if a target was
-    unreachable)."""
+    """Apply pending migrations, as the role in DBKIT_MIGRATE_URL / DATABASE_URL.
+
+    With --targets FILE, on every database listed: exit 8 if any migration failed, 4 if a
+    target was unreachable."""
     from dbkit.migrate import commands as m
     from dbkit.settings import parse_duration
 

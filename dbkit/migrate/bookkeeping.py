@@ -51,6 +51,10 @@ YOYO_LOCK = "yoyo_lock"
 CHECKSUMS = "_dbkit_checksum"
 HISTORY = "_dbkit_history"
 ALL_TABLES = (YOYO_MIGRATIONS, YOYO_LOG, YOYO_VERSION, YOYO_LOCK, CHECKSUMS, HISTORY)
+# The newest version of yoyo's own tables (max of yoyo.internalmigrations.schema_versions),
+# known here so that checking a database needs no yoyo import; tests/test_imports.py
+# compares it with the installed yoyo.
+YOYO_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -66,6 +70,12 @@ class State:
     yoyo_version: int | None = None
     applied: list[Applied] = field(default_factory=list)
     checksums: dict[str, str] = field(default_factory=dict)
+    # What only the one-query look (``_one_look``) knows; the careful fallback leaves these
+    # at values that send ``dbkit migrate`` down its locked path.
+    settled: bool = False  # every bookkeeping table there, yoyo's at its newest version
+    running: bool = True  # a history row still 'running' (a run in progress, or killed)
+    yoyo_locked: bool = True  # a committed row in yoyo's lock table (a yoyo run, or a stale one)
+    writable: bool = False  # the role may insert yoyo's lock row and update history rows
 
     @property
     def applied_hashes(self) -> set[str]:
@@ -78,8 +88,70 @@ def _ident(name: str) -> sql.Identifier:
     return sql.Identifier(name)
 
 
+# Everything a status or a no-op migrate needs, in one round trip. The tables are named
+# unqualified (the current schema is not known before asking), so the query also checks that
+# each name resolves to the current schema's table and not to a same-named one elsewhere on
+# the search_path (or in pg_temp); if not, or if a table is missing (the query then fails
+# before it runs), the careful look below decides.
+_ONE_LOOK = """SELECT s.tables, s.resolved, s.version, s.running, s.yoyo_locked, s.writable,
+  m.migration_id, m.migration_hash, m.applied_at_utc, k.migration_id, k.checksum
+FROM (SELECT
+    ARRAY(SELECT c.relname::text FROM pg_class c
+          WHERE c.relnamespace = to_regnamespace(current_schema())
+          AND c.relkind IN ('r', 'p') AND c.relname = ANY(%(tables)s)) AS tables,
+    (SELECT max(version) FROM _yoyo_version) AS version,
+    EXISTS (SELECT 1 FROM _dbkit_history WHERE outcome = 'running') AS running,
+    EXISTS (SELECT 1 FROM yoyo_lock) AS yoyo_locked,
+    has_table_privilege('yoyo_lock', 'INSERT')
+      AND has_table_privilege('_dbkit_history', 'UPDATE') AS writable,
+    (SELECT bool_and(to_regclass(t) IS NOT DISTINCT FROM
+                     to_regclass(format('%%I.%%I', current_schema(), t)))
+     FROM unnest(%(read)s::text[]) t) AS resolved) s
+LEFT JOIN (_yoyo_migration m FULL JOIN _dbkit_checksum k ON k.migration_id = m.migration_id)
+  ON true
+ORDER BY m.applied_at_utc, m.migration_id"""
+_READ = [YOYO_VERSION, HISTORY, YOYO_LOCK, YOYO_MIGRATIONS, CHECKSUMS]
+
+
 def read_state(conn: psycopg.Connection) -> State:
-    """Read-only: which bookkeeping tables exist, what is applied, the recorded checksums."""
+    """Read-only: which bookkeeping tables exist, what is applied, the recorded checksums.
+
+    One query on a database whose bookkeeping is complete (every ``dbkit status`` and no-op
+    ``dbkit migrate`` after the first run); the careful look of several otherwise."""
+    from psycopg import pq
+
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        state = _one_look(conn)  # a failed query there ends nothing but itself
+        if state is not None:
+            return state
+    return _careful_look(conn)
+
+
+def _one_look(conn: psycopg.Connection) -> State | None:
+    import psycopg
+
+    try:
+        rows = conn.execute(_ONE_LOOK, {"tables": list(ALL_TABLES), "read": _READ}).fetchall()
+    except psycopg.OperationalError:
+        raise  # the connection itself: nothing the careful look could do better
+    except psycopg.DatabaseError:
+        return None  # not complete, or not ours to read: the careful look says what is wrong
+    tables, resolved, version, running, yoyo_locked, writable = rows[0][:6]
+    if not resolved or not all(t in tables for t in _READ):  # found elsewhere on the path
+        return None
+    state = State(tables=set(tables), yoyo_version=version, running=running,
+                  yoyo_locked=yoyo_locked, writable=writable)
+    for r in rows:
+        if r[6] is not None:
+            state.applied.append(Applied(r[6], r[7], r[8]))
+        if r[9] is not None:
+            state.checksums[r[9]] = r[10]
+    state.settled = (set(ALL_TABLES) <= state.tables
+                     and (version or 0) >= YOYO_SCHEMA_VERSION)
+    return state
+
+
+def _careful_look(conn: psycopg.Connection) -> State:
     from psycopg import sql
 
     row = conn.execute("SELECT current_schema()").fetchone()
@@ -106,10 +178,9 @@ def read_state(conn: psycopg.Connection) -> State:
 def ensure_tables(conn: psycopg.Connection, url: DbURL, settings: Settings, state: State) -> State:
     """Create missing bookkeeping tables (the caller holds the migration lock)."""
     from psycopg import sql
-    from yoyo import internalmigrations
 
     yoyo_ready = ({YOYO_MIGRATIONS, YOYO_LOG, YOYO_VERSION, YOYO_LOCK} <= state.tables
-                  and (state.yoyo_version or 0) >= max(internalmigrations.schema_versions))
+                  and (state.yoyo_version or 0) >= YOYO_SCHEMA_VERSION)
     if yoyo_ready and {CHECKSUMS, HISTORY} <= state.tables:
         return state
     can_create = row(
@@ -264,15 +335,29 @@ def set_checksum(conn: psycopg.Connection, mf: MigrationFile) -> None:
                          " recorded_at = now()").format(_ident(CHECKSUMS)), (mf.id, mf.checksum))
 
 
+def _unrecorded(files: list[MigrationFile], state: State) -> tuple[list[str], list[str]]:
+    """(applied ids with a file but no checksum yet, checksums of ids no longer applied)."""
+    applied_ids = {a.id for a in state.applied}
+    known = {f.id for f in files}
+    return ([i for i in applied_ids if i not in state.checksums and i in known],
+            [i for i in state.checksums if i not in applied_ids])
+
+
+def settled(files: list[MigrationFile], state: State) -> bool:
+    """Nothing for a locked run to do to the bookkeeping itself: every table there at its
+    newest version, no run in progress or killed mid-migration, no yoyo lock row, the role
+    able to take the lock, and no checksum to record or drop (``adopt``)."""
+    return (state.settled and not state.running and not state.yoyo_locked and state.writable
+            and _unrecorded(files, state) == ([], []))
+
+
 def adopt(conn: psycopg.Connection, files: list[MigrationFile], state: State) -> list[str]:
     """Checksums for migrations applied outside dbkit (yoyo's CLI): trusted on first sight.
     Checksums of migrations no longer applied (rolled back by yoyo) are dropped."""
     from psycopg import sql
 
-    applied_ids = {a.id for a in state.applied}
     by_id = {f.id: f for f in files}
-    adopted = [i for i in applied_ids if i not in state.checksums and i in by_id]
-    stale = [i for i in state.checksums if i not in applied_ids]
+    adopted, stale = _unrecorded(files, state)
     if not adopted and not stale:
         return []
     with conn.transaction():

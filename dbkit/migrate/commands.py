@@ -38,8 +38,14 @@ from dbkit.errors import (
     SchemaNotReady,
     ServerError,
 )
-from dbkit.lint.engine import gate as lint_gate
-from dbkit.migrate.bookkeeping import ALL_TABLES, Entry, State, read_history, read_state
+from dbkit.migrate.bookkeeping import (
+    ALL_TABLES,
+    Entry,
+    State,
+    read_history,
+    read_state,
+    settled,
+)
 from dbkit.migrate.drift import Drift, find
 from dbkit.migrate.files import (
     MigrationFile,
@@ -49,19 +55,23 @@ from dbkit.migrate.files import (
     statements,
 )
 from dbkit.migrate.files import new_migration as _new_files
-from dbkit.migrate.lock import MIGRATE_APP, MigrationLock
-from dbkit.migrate.runner import Ran, Runner, Timeouts
-from dbkit.replicas import ReplicaWait, in_recovery, wait_for_replicas
+from dbkit.replicas import ReplicaWait, in_recovery, refuse_standby, wait_for_replicas
 from dbkit.urls import with_app
 
+# The lock, the runner and the linter (pglast) are imported only on the paths that change
+# something or lint: a no-op deploy gate (status --check, migrate with nothing to do) pays
+# for none of them (tests/test_imports.py).
 if TYPE_CHECKING:
     import psycopg
 
+    from dbkit.migrate.runner import Ran, Runner, Timeouts
     from dbkit.settings import Settings, Target
     from dbkit.urls import DbURL
 
 
 def _timeouts(settings: Settings) -> Timeouts:
+    from dbkit.migrate.runner import Timeouts
+
     return Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms)
 
 
@@ -78,11 +88,17 @@ def _db_errors(url: DbURL) -> Iterator[None]:
             "from dbkit create)"}) from None
 
 
+# A no-op migrate's look is not named "dbkit migrate": a locked run ends busy sessions of that
+# name as orphans of killed runs (Runner._end_orphans).
+CHECK_APP = "dbkit migrate (check)"
+
+
 @contextmanager
-def _reader(url: DbURL, settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+def _reader(url: DbURL, settings: Settings, app: str = "dbkit status"
+            ) -> Iterator[psycopg.Connection[Any]]:
     """A read-only look: no lock, nothing created."""
     with _db_errors(url):
-        conn = connect(with_app(url, "dbkit status"), settings, autocommit=True)
+        conn = connect(with_app(url, app), settings, autocommit=True)
         conn.prepare_threshold = None
         try:
             yield conn
@@ -94,6 +110,9 @@ def _reader(url: DbURL, settings: Settings) -> Iterator[psycopg.Connection[Any]]
 def _locked(url: DbURL, settings: Settings, limits: Timeouts) -> Iterator[Runner]:
     """The migration lock, then the migration connection (in that order: a migration session
     without the lock behind it is an orphan, see Runner._end_orphans)."""
+    from dbkit.migrate.lock import MIGRATE_APP, MigrationLock
+    from dbkit.migrate.runner import Runner
+
     with _db_errors(url), MigrationLock(url, settings, limits.lock_ms), \
             connect(with_app(url, MIGRATE_APP), settings, autocommit=True) as conn:
         conn.prepare_threshold = None  # PgBouncer transaction mode has no prepared statements
@@ -279,21 +298,35 @@ def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
         result.warnings = _warnings(files, state, refuse_renames=False) + _standby(standby)
         pending = _pending(files, state, to)
         if not mark:  # marking runs nothing: nothing to lint
-            result.warnings += lint_gate(pending, allow_unsafe, settings.env, preview=True)
+            result.warnings += _lint(pending, allow_unsafe, settings.env, preview=True)
         result.plan = [Planned(f.id, f.transactional,
                                [] if mark else [s.sql for s in statements(f.path)])
                        for f in pending]
         result.already_applied = len(state.applied)
         return result
-    with _locked(url, settings, _timeouts(settings)) as runner:
-        state = runner.prepare(files)
-        drifted = _warnings(files, state, refuse_renames=True)
-        pending = _pending(files, state, to)  # computed under the lock
-        unsafe = [] if mark else lint_gate(pending, allow_unsafe, settings.env, conn=runner.conn)
+    # The deploy gate's common case, nothing to do, costs one connection and one query: the
+    # lock is taken only when something will be applied or recorded (pending migrations,
+    # bookkeeping to create or upgrade, checksums to record, a run in progress or killed).
+    # Drift is judged exactly as below; a rename still refuses the run.
+    with _reader(url, settings, CHECK_APP) as conn:
+        state = read_state(conn)
+        nothing_to_do = settled(files, state) and not _pending(files, state, to)
+        if nothing_to_do:  # a standby is refused even then: it would hide a wrong URL forever
+            refuse_standby(conn, url, "migrate")
+    if nothing_to_do:
+        result.warnings = _warnings(files, state, refuse_renames=True)
         result.already_applied = len(state.applied)
-        for f in pending:
-            result.applied.append(runner.mark(f) if mark else runner.run(f, "apply"))
-        result.warnings = runner.notes + drifted + unsafe
+    else:
+        with _locked(url, settings, _timeouts(settings)) as runner:
+            state = runner.prepare(files)
+            drifted = _warnings(files, state, refuse_renames=True)
+            pending = _pending(files, state, to)  # computed under the lock
+            unsafe = [] if mark else _lint(pending, allow_unsafe, settings.env,
+                                           conn=runner.conn)
+            result.already_applied = len(state.applied)
+            for f in pending:
+                result.applied.append(runner.mark(f) if mark else runner.run(f, "apply"))
+            result.warnings = runner.notes + drifted + unsafe
     if wait_replicas_ms is not None:  # after the lock is let go: waiters need not wait for this
         result.replicas = wait_for_replicas(
             url, settings, wait_replicas_ms, done=f"{len(result.applied)} migration(s) "
@@ -304,6 +337,18 @@ def migrate(target: Target, *, to: str | None = None, dry_run: bool = False,
 def _standby(standby: bool) -> list[str]:
     return ["the server is a standby (read-only): the real run would be refused"] if standby \
         else []
+
+
+def _lint(pending: list[MigrationFile], allow_unsafe: bool, env: str, preview: bool = False,
+          conn: psycopg.Connection[Any] | None = None) -> list[str]:
+    """The lint gate (``dbkit.lint.engine.gate``) over what is about to run; with nothing
+    pending there is nothing to parse, and the parser (pglast) is not even imported. With
+    ``conn``, the server says which functions are volatile."""
+    if not pending:
+        return []
+    from dbkit.lint.engine import gate
+
+    return gate(pending, allow_unsafe, env, preview=preview, conn=conn)
 
 
 def _warnings(files: list[MigrationFile], state: State, refuse_renames: bool) -> list[str]:

@@ -47,11 +47,12 @@ from dbkit.seed.bulk import (
     sequences,
 )
 from dbkit.seed.files import TABLES
-from dbkit.seed.synthetic import Generator, Plan
 from dbkit.settings import Target
 
 if TYPE_CHECKING:
     import psycopg
+
+    from dbkit.seed.synthetic import Generator
 
 log = logging.getLogger("dbkit")
 
@@ -118,6 +119,8 @@ def seed_synthetic(target: Target, users: int, posts: int, votes: int, seed: int
                    dry_run: bool = False, allow_production: bool = False) -> SeedResult:
     """Generate and COPY synthetic rows (see the module docstring for the rules); refused in
     production unless ``allow_production``."""
+    from dbkit.seed.synthetic import Generator, Plan  # its tables take a while to build
+
     check_counts(users, posts, votes)
     if not dry_run:
         target.settings.refuse_in_production("seeding synthetic data", allowed=allow_production)
