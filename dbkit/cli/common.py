@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -120,6 +121,25 @@ def cli(env_file: str | None, debug: bool, verbose: bool) -> None:
     logger.addHandler(_handler(label=not (debug or verbose)))
     logger.setLevel(logging.DEBUG if debug else logging.INFO if verbose else NOTICE)
     logging.getLogger("dotenv").setLevel(logging.ERROR)  # dbkit names the unparsable line itself
+
+
+_MIGRATIONS_HELP = ("Migrations directory (DBKIT_MIGRATIONS; default ./migrations, else the "
+                    "packaged ones).")
+_APP_ROLE_HELP = ("Two-role mode: also a DML-only role for the application (DBKIT_APP_ROLE; "
+                  "kept in .env with its DBKIT_APP_URL).")
+
+
+def migrations_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--migrations DIR``: the same option, spelled and explained the same, on every command
+    that reads the migrations."""
+    return click.option("--migrations", "migrations", type=click.Path(file_okay=False),
+                        default=None, help=_MIGRATIONS_HELP)(f)
+
+
+def app_role_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--app-role NAME`` on every command that provisions."""
+    return click.option("--app-role", "app_role", default=None, metavar="NAME",
+                        help=_APP_ROLE_HELP)(f)
 
 
 def settings(**flags: Any) -> Settings:

@@ -7,17 +7,19 @@ from pathlib import Path
 import click
 
 from dbkit.cli import fleet
-from dbkit.cli.common import cli, emit, settings
+from dbkit.cli.common import cli, emit, migrations_option, settings
 
 
 @cli.command()
 @click.option("--long-transaction", "long_tx", type=click.FloatRange(min=0), default=300,
               show_default=True, help="Warn about transactions open longer than SECONDS.")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
+@migrations_option
 @fleet.fleet_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(long_tx: float, local: bool, targets: Path | None, parallel: int | None,
-           per_server: int | None, fail_fast: bool, as_json: bool) -> None:
+def doctor(long_tx: float, local: bool, migrations: str | None, targets: Path | None,
+           parallel: int | None, per_server: int | None, fail_fast: bool,
+           as_json: bool) -> None:
     """Check the database and its configuration: one line per check (pass/warn/fail).
 
     With --targets FILE: the database checks on every database listed (the admin checks
@@ -26,7 +28,7 @@ def doctor(long_tx: float, local: bool, targets: Path | None, parallel: int | No
     from dbkit import doctor as doc
     from dbkit.errors import CheckFailed
 
-    s = settings(local=local)
+    s = settings(local=local, migrations=migrations)
     if targets is not None:
         from dbkit.fleet import doctor_all
 

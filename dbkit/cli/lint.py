@@ -6,14 +6,16 @@ from pathlib import Path
 
 import click
 
-from dbkit.cli.common import cli, emit, settings
+from dbkit.cli.common import cli, emit, migrations_option, settings
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules and exit.")
+@migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
+def lint(paths: tuple[Path, ...], list_rules: bool, migrations: str | None,
+         as_json: bool) -> None:
     """Find statements in migration files that are unsafe on a live database.
 
     PATHS are .sql files or directories (default: the migrations directory); in a directory,
@@ -28,7 +30,7 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
         rows = linter.rules()
         emit(rows, as_json, "\n".join(f"{r['id']:<28} {r['title']}" for r in rows))
         return
-    targets = list(paths) or [_migrations_dir()]
+    targets = list(paths) or [_migrations_dir(migrations)]
     files = linter.migration_files(targets)
     findings = linter.lint_paths(files)
     if as_json:
@@ -45,12 +47,12 @@ def lint(paths: tuple[Path, ...], list_rules: bool, as_json: bool) -> None:
                            "where the statement is safe for your data")
 
 
-def _migrations_dir() -> Path:
+def _migrations_dir(migrations: str | None) -> Path:
     """The directory dbkit migrate uses (DBKIT_MIGRATIONS, ./migrations, or the shipped ones)."""
     from dbkit.errors import ConfigError
     from dbkit.migrate.files import migrations_dir
 
-    path = migrations_dir(settings())
+    path = migrations_dir(settings(migrations=migrations))
     if not path.is_dir():
         raise ConfigError(f"migrations directory {path} does not exist",
                           hint="pass files or directories, or set DBKIT_MIGRATIONS")

@@ -9,18 +9,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dbkit.cli import fleet
-from dbkit.cli.common import cli, emit, settings
+from dbkit.cli.common import cli, emit, migrations_option, settings
 
 if TYPE_CHECKING:
     from dbkit.migrate.commands import MigrateResult, RollbackResult
-
-_MIGRATIONS_HELP = "Migrations directory (DBKIT_MIGRATIONS; default ./migrations, else the packaged ones)."
-
-
-def _migrations_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--migrations", "migrations", type=click.Path(file_okay=False),
-                        default=None, help=_MIGRATIONS_HELP)(f)
-
 
 def _timeout_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--statement-timeout", default=None, metavar="DURATION",
@@ -57,7 +49,7 @@ def _render_plan(result: MigrateResult | RollbackResult, verb: str,
               help="Apply even if dbkit lint finds statements unsafe on a live database "
               "(findings are only warnings when DBKIT_ENV=development).")
 @_timeout_options
-@_migrations_option
+@migrations_option
 @click.option("--wait-replicas", "wait_replicas", is_flag=False, flag_value="30s", default=None,
               metavar="[DURATION]",
               help="Then wait (default 30s) until every streaming replica has replayed the "
@@ -123,7 +115,7 @@ def migrate(to: str | None, dry_run: bool, mark_applied: bool, allow_unsafe: boo
 @click.option("--allow-production", is_flag=True,
               help="Do it even though DBKIT_ENV=production (refused there otherwise).")
 @_timeout_options
-@_migrations_option
+@migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool, yes: bool,
              allow_production: bool, lock_timeout: str | None, statement_timeout: str | None,
@@ -154,7 +146,7 @@ def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool, yes: 
 @cli.command()
 @click.option("--check", is_flag=True,
               help="Exit 10 when any migration is pending (a deploy gate).")
-@_migrations_option
+@migrations_option
 @fleet.fleet_options()
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def status(check: bool, migrations: str | None, targets: Path | None, parallel: int | None,
@@ -186,7 +178,7 @@ def status(check: bool, migrations: str | None, targets: Path | None, parallel: 
 
 
 @cli.command()
-@_migrations_option
+@migrations_option
 @click.option("--accept", "accept", multiple=True, metavar="ID",
               help="Record this applied migration's edited file as its version (repeatable).")
 @fleet.fleet_options()
@@ -244,7 +236,7 @@ def dump(file: Path | None, as_json: bool) -> None:
 
 @cli.command("new")
 @click.argument("name")
-@_migrations_option
+@migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def new(name: str, migrations: str | None, as_json: bool) -> None:
     """Write the next-numbered migration NNNN_NAME.sql and its .rollback.sql."""

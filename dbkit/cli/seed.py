@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dbkit.cli.common import cli, emit, settings
+from dbkit.cli.common import cli, emit, migrations_option, settings
 
 if TYPE_CHECKING:
     from dbkit.seed.commands import SeedResult
@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Do all the work, report it, then roll it back.")
 @click.option("--allow-production", is_flag=True,
               help="Do it even though DBKIT_ENV=production (refused there otherwise).")
+@migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def seed(users: int | None, posts: int | None, votes: int | None, seed_value: int | None,
          append: bool, sources: tuple[Path, ...], dry_run: bool, allow_production: bool,
-         as_json: bool) -> None:
+         migrations: str | None, as_json: bool) -> None:
     """Load data as the DATABASE_URL role, in one transaction.
 
     When DBKIT_ENV=production the sample and synthetic data are refused (--allow-production
@@ -55,7 +56,7 @@ def seed(users: int | None, posts: int | None, votes: int | None, seed_value: in
     if not synthetic and (seed_value is not None or append):
         raise ConfigError("--seed and --append apply to synthetic data",
                           hint="add --users/--posts/--votes")
-    target = settings().target()
+    target = settings(migrations=migrations).target()
     if synthetic:
         u, p, v = users or 0, posts or 0, votes or 0
         lib.check_counts(u, p, v)

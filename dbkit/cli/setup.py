@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import click
 
-from dbkit.cli.common import cli, confirm, emit, settings
-
-_MIGRATIONS_HELP = "Migrations directory (DBKIT_MIGRATIONS)."
-_APP_ROLE_HELP = ("Two-role mode: also a DML-only role for the application (DBKIT_APP_ROLE; "
-                  "kept in .env with its DBKIT_APP_URL).")
+from dbkit.cli.common import app_role_option, cli, confirm, emit, migrations_option, settings
 
 
 @cli.command()
 @click.option("--no-seed", is_flag=True, help="Skip the sample data.")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL even if another answers.")
-@click.option("--migrations", type=click.Path(file_okay=False), default=None, help=_MIGRATIONS_HELP)
+@migrations_option
 @click.option("--rotate-password", is_flag=True,
               help="Give the existing role(s) a fresh generated password, written to .env; the "
               "old one stops working, open sessions stay.")
-@click.option("--app-role", default=None, help=_APP_ROLE_HELP)
+@app_role_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: bool,
           app_role: str | None, as_json: bool) -> None:
@@ -48,10 +44,11 @@ def setup(no_seed: bool, local: bool, migrations: str | None, rotate_password: b
               default=None, help="Mark the environment (production refuses).")
 @click.option("--no-seed", is_flag=True, help="Do not load the sample data after migrating.")
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
-@click.option("--app-role", default=None, help=_APP_ROLE_HELP)
+@app_role_option
+@migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def reset(yes: bool, env: str | None, no_seed: bool, local: bool, app_role: str | None,
-          as_json: bool) -> None:
+          migrations: str | None, as_json: bool) -> None:
     """Replace the database with a freshly set-up one (create, migrate, seed).
 
     All or nothing: the new database is built beside the old one and swapped in by renaming,
@@ -61,7 +58,7 @@ def reset(yes: bool, env: str | None, no_seed: bool, local: bool, app_role: str 
     from dbkit import admin
     from dbkit import setup as lib
 
-    s = settings(local=local, app_role=app_role)
+    s = settings(local=local, app_role=app_role, migrations=migrations)
     lib.refuse_reset_in_production(s, env)  # before asking (reset() itself refuses too)
     name = s.target().dbname if s.database_url else lib.DEFAULT_NAME
     confirm(f"Replace database {name!r} and all its data with a fresh one?", yes)

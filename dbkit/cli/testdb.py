@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dbkit.cli.common import cli, emit, settings
+from dbkit.cli.common import cli, emit, migrations_option, settings
 
 
 @cli.group()
@@ -23,16 +23,17 @@ def testdb() -> None:
 @click.option("--local", is_flag=True, help="Use dbkit's own local PostgreSQL as the admin server.")
 @click.option("--allow-production", is_flag=True,
               help="Do it even though DBKIT_ENV=production (refused there otherwise).")
+@migrations_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def create(count: int, prefix: str, seed: bool, reveal: bool, local: bool,
-           allow_production: bool, as_json: bool) -> None:
+           allow_production: bool, migrations: str | None, as_json: bool) -> None:
     """Create COUNT fresh databases at the latest schema (existing ones are replaced).
 
     The template is rebuilt first when the migration files changed."""
     from dbkit import admin
     from dbkit.testdb import commands as lib
 
-    s = settings(local=local)
+    s = settings(local=local, migrations=migrations)
     s.refuse_in_production("dbkit testdb create", allowed=allow_production)  # before any server
     result = lib.create(s, admin.resolve(s), count=count, prefix=prefix, seed=seed, reveal=reveal,
                         allow_production=allow_production)
