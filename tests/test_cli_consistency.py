@@ -93,3 +93,45 @@ def test_seed_doctor_reset_testdb_and_lint_read_the_directory_given(app, extra_m
     r = app.cli("lint", "--migrations", mig)
     assert r.code == 12 and "0901_bad.sql" in r.output, r.output
     assert app.cli("lint").code == 0  # the packaged ones are clean
+
+
+# -- usage errors: dbkit's one line, exit 2 ------------------------------------------------
+@pytest.mark.parametrize(("args", "said"), [
+    (["migrate", "--nope"], "No such option '--nope'"),
+    (["nope"], "No such command 'nope'"),
+    (["seed", "--users", "x"], "Invalid value for '--users'"),
+    (["migrate", "--parallel", "0"], "Invalid value for '--parallel'"),
+    (["status", "extra"], "unexpected extra argument"),
+    (["completion", "tcsh"], "'tcsh' is not one of 'bash', 'zsh', 'fish'"),
+])
+def test_usage_errors_are_one_line_with_exit_2(app, args: list[str], said: str):
+    r = app.cli(*args)
+    assert r.code == 2, r.output
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dbkit: error: ") and said in lines[0]
+    assert "(hint: see 'dbkit" in lines[0] and r.out == ""
+
+
+# -- shell completion --------------------------------------------------------------------
+def test_bash_completion_completes_commands_and_options(app):
+    import os
+    import subprocess
+    import sys
+
+    bindir = Path(sys.executable).parent
+    assert (bindir / "dbkit").exists()
+    script = ('eval "$(dbkit completion bash)"; '
+              'COMP_WORDS=(dbkit mig); COMP_CWORD=1; _dbkit_completion; echo "${COMPREPLY[@]}"; '
+              'COMP_WORDS=(dbkit migrate --tar); COMP_CWORD=2; _dbkit_completion; '
+              'echo "${COMPREPLY[@]}"')
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
+                         cwd=app.cwd, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["migrate", "--targets"]
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_scripts_call_back_into_dbkit(app, shell: str):
+    r = app.cli("completion", shell)
+    assert r.code == 0 and f"_DBKIT_COMPLETE={shell}_complete" in r.out.replace('"', "")

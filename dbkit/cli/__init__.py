@@ -44,8 +44,13 @@ def run(argv: list[str] | None = None) -> int:
             return 143
         click.echo("dbkit: aborted", err=True)
         return 130
+    except click.UsageError as exc:  # a bad option or argument: dbkit's one-line form, exit 2
+        where = exc.ctx.command_path if exc.ctx is not None else "dbkit"
+        click.echo(one_line(f"dbkit: error: {exc.format_message()} (hint: see "
+                            f"'{where} --help')"), err=True)
+        return 2
     except click.ClickException as exc:
-        exc.show()
+        click.echo(one_line(f"dbkit: error: {exc.format_message()}"), err=True)
         return exc.exit_code
     except DbkitError as exc:
         return run_error(exc)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # lists without importing any of them. tests/test_imports.py checks this table against the
 # commands themselves.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "completion": ("dbkit.cli.completion", "Print the shell completion script for SHELL."),
     "create": ("dbkit.cli.create",
                "Create the role and database named in DATABASE_URL (idempotent)."),
     "doctor": ("dbkit.cli.doctor",
