@@ -122,7 +122,7 @@ def test_bash_completion_completes_commands_and_options(app):
     assert (bindir / "dbkit").exists()
     script = ('eval "$(dbkit completion bash)"; '
               'COMP_WORDS=(dbkit mig); COMP_CWORD=1; _dbkit_completion dbkit; echo "${COMPREPLY[@]}"; '
-              'COMP_WORDS=(dbkit migrate --tar); COMP_CWORD=2; _dbkit_completion dbkit; '
+              'COMPREPLY=(); COMP_WORDS=(dbkit migrate --tar); COMP_CWORD=2; _dbkit_completion dbkit; '
               'echo "${COMPREPLY[@]}"')
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
