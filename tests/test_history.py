@@ -65,3 +65,27 @@ def test_dry_run_is_not_recorded(created):
     assert app.cli("migrate").code == 0
     assert app.cli("rollback", "--dry-run").code == 0
     assert len(json.loads(app.cli("history", "--json").out)) == len(POSTS_IDS)
+
+
+def test_status_history_and_history_json_show_the_same_instant_the_same_way(created):
+    """One format everywhere: ISO 8601 UTC with a Z, whole seconds in text, fractions in
+    --json, all naming the same instant."""
+    import datetime as dt
+    import json
+    import re
+
+    app = created
+    assert app.cli("migrate").code == 0
+    status = json.loads(app.cli("status", "--json").out)["applied"][0]
+    history = json.loads(app.cli("history", "--json").out)[0]
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+    assert iso.match(status["applied_at"]) and iso.match(history["started_at"])
+    when = {k: dt.datetime.fromisoformat(v) for k, v in
+            (("status", status["applied_at"]), ("history", history["started_at"]))}
+    assert abs((when["status"] - when["history"]).total_seconds()) < 5  # the same apply
+    text_status = app.cli("status").out.splitlines()[0].split()[-1]
+    text_history = app.cli("history").out.splitlines()[0].split()[0]
+    whole = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    assert whole.match(text_status) and whole.match(text_history), (text_status, text_history)
+    assert text_status == when["status"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert text_history == when["history"].strftime("%Y-%m-%dT%H:%M:%SZ")

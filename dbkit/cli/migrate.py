@@ -10,6 +10,7 @@ import click
 
 from dbkit.cli import fleet
 from dbkit.cli.common import cli, emit, migrations_option, settings
+from dbkit.timestamps import iso
 
 if TYPE_CHECKING:
     from dbkit.migrate.commands import MigrateResult, RollbackResult
@@ -165,7 +166,8 @@ def status(check: bool, migrations: str | None, targets: Path | None, parallel: 
         return
     report = m.status(s.target())
     _warn([d.detail for d in report.drift])
-    lines = [f"applied  {a.id:<40} {a.applied_at or '?'}" + ("" if a.file else "  (file gone)")
+    lines = [f"applied  {a.id:<40} {iso(a.applied_at, fraction=False) or '?'}"
+             + ("" if a.file else "  (file gone)")
              for a in report.applied]
     lines += [f"pending  {p}" for p in report.pending]
     lines.append(f"{len(report.applied)} applied, {len(report.pending)} pending"
@@ -256,7 +258,7 @@ def history(limit: int | None, as_json: bool) -> None:
     from dbkit.migrate import commands as m
 
     entries = m.history(settings().target(), limit=limit)
-    lines = [f"{e.started_at:%Y-%m-%d %H:%M:%S%z}  {e.direction:<8} {e.migration:<36} "
+    lines = [f"{iso(e.started_at, fraction=False)}  {e.direction:<8} {e.migration:<36} "
              f"{e.outcome:<11} {_ms(e.duration_ms):>9}  {e.db_user} ({e.os_user}@{e.hostname},"
              f" dbkit {e.dbkit_version})" + (f"  {e.error}" if e.error else "")
              for e in entries]

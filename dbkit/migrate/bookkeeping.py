@@ -34,6 +34,7 @@ from dbkit import __version__
 from dbkit.db import libpq_settings, row, value
 from dbkit.errors import PermissionDenied
 from dbkit.migrate.files import MigrationFile
+from dbkit.timestamps import iso
 
 if TYPE_CHECKING:
     import psycopg
@@ -412,7 +413,8 @@ class Entry:
     error: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at)}
 
 
 def allow_all_directions(conn: psycopg.Connection) -> None:

@@ -22,6 +22,7 @@ See docs/migrations.md for the guarantees (locking, crash safety, timeouts).
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ from dbkit.migrate.files import (
 )
 from dbkit.migrate.files import new_migration as _new_files
 from dbkit.replicas import ReplicaWait, in_recovery, refuse_standby, wait_for_replicas
+from dbkit.timestamps import iso
 from dbkit.urls import with_app
 
 # The lock, the runner and the linter (pglast) are imported only on the paths that change
@@ -163,8 +165,11 @@ class RollbackResult(_Run):
 @dataclass
 class AppliedMigration:
     id: str
-    applied_at: str | None  # ISO 8601, UTC
+    applied_at: dt.datetime | None  # UTC
     file: str | None  # None when the file is gone
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "applied_at": iso(self.applied_at), "file": self.file}
 
 
 @dataclass
@@ -182,7 +187,7 @@ class StatusReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"database": self.database, "directory": self.directory,
-                "up_to_date": self.up_to_date, "applied": [a.__dict__ for a in self.applied],
+                "up_to_date": self.up_to_date, "applied": [a.as_dict() for a in self.applied],
                 "pending": self.pending, "drift": [d.as_dict() for d in self.drift],
                 "unverified": self.unverified}
 
@@ -243,7 +248,7 @@ def status(target: Target) -> StatusReport:
     applied = sorted(state.applied, key=lambda a: (order.get(a.id, len(order)), str(a.applied_at)))
     return StatusReport(
         database=str(target.migrate_url), directory=str(directory),
-        applied=[AppliedMigration(a.id, a.applied_at.isoformat() + "Z" if a.applied_at else None,
+        applied=[AppliedMigration(a.id, a.applied_at,
                                   str(by_id[a.id].path) if a.id in by_id else None)
                  for a in applied],
         pending=[f.id for f in _pending(files, state)], drift=drift, unverified=unverified)
