@@ -576,3 +576,30 @@ def test_dump_without_pg_dump_says_where_to_get_it(created, tmp_path):
     assert "no pg_dump" in r.err and "DBKIT_PG_BIN" in r.err
     r = app.cli("dump", "--file", str(tmp_path / "no" / "such" / "dir.sql"))
     assert r.code == 3 and "cannot write" in r.err
+
+
+def test_the_printed_yoyo_list_command_run_as_printed_shows_every_migration_applied(created):
+    """README: "yoyo list agrees". The line status --yoyo prints, with the password put back
+    where it shows ***, is a shell command that says so."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from urllib.parse import quote
+
+    app = created
+    assert app.cli("migrate").code == 0
+    r = app.cli("status", "--yoyo")
+    assert r.code == 0 and r.out.startswith("yoyo list --batch --database "), r.output
+    assert app.password not in r.out and "***" in r.out
+    line = r.out.strip().replace("***", quote(app.password, safe=""))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env,
+                         cwd=app.cwd, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    listed = [ln.split() for ln in out.stdout.splitlines() if ln.strip().startswith(("A ", "U "))]
+    from dbkit.migrate.files import discover, packaged_dir
+
+    ids = [f.id for f in discover(packaged_dir())]
+    assert sorted(row[1] for row in listed if row[0] == "A") == sorted(ids), out.stdout
+    assert not [row for row in listed if row[0] == "U"]

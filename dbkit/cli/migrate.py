@@ -148,15 +148,22 @@ def rollback(steps: int | None, to: str | None, all_: bool, dry_run: bool, yes: 
 @click.option("--check", is_flag=True,
               help="Exit 10 when any migration is pending (a deploy gate).")
 @migrations_option
+@click.option("--yoyo", "yoyo_command", is_flag=True,
+              help="Print the yoyo list command line that shows the same (password masked).")
 @fleet.fleet_options()
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def status(check: bool, migrations: str | None, targets: Path | None, parallel: int | None,
-           per_server: int | None, fail_fast: bool, as_json: bool) -> None:
+def status(check: bool, migrations: str | None, yoyo_command: bool, targets: Path | None,
+           parallel: int | None, per_server: int | None, fail_fast: bool,
+           as_json: bool) -> None:
     """Every migration, applied (with when) or pending; warns about edited applied files."""
     from dbkit.errors import PendingMigrations
     from dbkit.migrate import commands as m
 
     s = settings(migrations=migrations)
+    if yoyo_command:
+        line = m.yoyo_list_command(s.target())
+        emit({"command": line}, as_json, line)
+        return
     if targets is not None:
         from dbkit.fleet import status_all
 

@@ -254,6 +254,22 @@ def status(target: Target) -> StatusReport:
         pending=[f.id for f in _pending(files, state)], drift=drift, unverified=unverified)
 
 
+def yoyo_list_command(target: Target) -> str:
+    """The ``yoyo list`` command line that shows this database's migrations as yoyo sees them
+    (yoyo needs the ``postgresql+psycopg`` scheme and the directory), password masked: the
+    user puts it back in (or leaves it out and lets ~/.pgpass supply it)."""
+    import shlex
+
+    url = target.migrate_url
+    if url.host and url.host.startswith("/") or url.more_hosts:
+        # yoyo reads a socket directory only as ?host=, and no host list at all
+        raise ConfigError("yoyo cannot take this URL (a socket directory or several hosts)",
+                          hint="use a postgresql://role@host:port/database URL for yoyo")
+    database = url.render(scheme="postgresql+psycopg")
+    return shlex.join(["yoyo", "list", "--batch", "--database", database,
+                       str(migrations_dir(target.settings))])
+
+
 def verify(target: Target) -> StatusReport:
     """Fail with DriftDetected, naming the files, when an applied migration was edited,
     renamed or deleted since it was applied."""
