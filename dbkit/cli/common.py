@@ -32,8 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "Drop the database and role(s) named in DATABASE_URL (the inverse of create)."),
     "dump": ("dbkit.cli.migrate",
              "The schema as SQL, for review and diffs: pg_dump --schema-only as the "
-             "DATABASE_URL role, without dbkit's and yoyo's bookkeeping tables, then the list "
-             "of applied migrations."),
+             "DATABASE_URL role, without dbkit's and yoyo's bookkeeping tables, then the applied "
+             "migrations' ids as SQL comments (for review: loading the file does not record "
+             "them)."),
     "history": ("dbkit.cli.migrate", "Every apply, rollback, mark and accept dbkit ran: who, "
                 "where, when, how long, outcome."),
     "lint": ("dbkit.cli.lint",

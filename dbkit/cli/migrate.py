@@ -234,7 +234,8 @@ def verify(migrations: str | None, accept: tuple[str, ...], targets: Path | None
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def dump(file: Path | None, as_json: bool) -> None:
     """The schema as SQL, for review and diffs: pg_dump --schema-only as the DATABASE_URL role,
-    without dbkit's and yoyo's bookkeeping tables, then the list of applied migrations."""
+    without dbkit's and yoyo's bookkeeping tables, then the applied migrations' ids as SQL
+    comments (for review: loading the file does not record them)."""
     from dbkit.migrate import commands as m
 
     result = m.dump(settings().target(), file)

@@ -516,7 +516,7 @@ class DumpResult:
 def dump(target: Target, file: Path | None = None) -> DumpResult:
     """The application's schema as SQL, for review and diffs (dbmate's ``dump``): pg_dump
     --schema-only as the migrations' role, without dbkit's and yoyo's bookkeeping tables,
-    followed by the list of applied migrations: a file that changes exactly when the schema or
+    followed by the applied migrations' ids as SQL comments: a file that changes exactly when the schema or
     the migration state does. The password reaches pg_dump through PGPASSWORD, never argv."""
     from psycopg.conninfo import make_conninfo
 
