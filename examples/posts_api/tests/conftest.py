@@ -13,7 +13,6 @@ has no application role. The walkthrough test runs it as ``posts_app``, the app 
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import sys
@@ -23,18 +22,20 @@ from pathlib import Path
 
 import pytest
 
+from dbkit.server import LocalServer
+
 EXAMPLE = Path(__file__).resolve().parent.parent
-# the app is imported from its directory, as uvicorn does there: no install needed
+# the app is imported from its directory, as uvicorn does there: no install needed (pytest
+# puts this directory on sys.path too, the tests being a package, but not under --import-mode
+# importlib)
 if str(EXAMPLE) not in sys.path:
     sys.path.insert(0, str(EXAMPLE))
 
 from fastapi.testclient import TestClient  # noqa: E402
-
 from posts_api.main import create_app  # noqa: E402
 
-from dbkit.server import LocalServer  # noqa: E402
+from .posts_api_helpers import Api  # noqa: E402
 
-PASSWORD = "correct horse battery"
 _SERVERS: list[LocalServer] = []  # the throwaway servers this process started
 
 
@@ -79,30 +80,6 @@ def client(posts_api_admin: str, dbkit_url: str) -> Iterator[TestClient]:
     """The app on this test's own database, started (its pool open) and stopped after."""
     with TestClient(create_app(dbkit_url, pool_size=10)) as c:
         yield c
-
-
-def basic(email: str, password: str = PASSWORD) -> dict[str, str]:
-    token = base64.b64encode(f"{email}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-class Api:
-    """Shortcuts over the client for the steps most tests begin with."""
-
-    def __init__(self, client: TestClient) -> None:
-        self.client = client
-
-    def sign_up(self, email: str, password: str = PASSWORD) -> int:
-        r = self.client.post("/users", json={"email": email, "password": password})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def create_post(self, email: str, title: str = "Hello", content: str = "first post",
-                    **extra: object) -> dict[str, object]:
-        r = self.client.post("/posts", json={"title": title, "content": content, **extra},
-                             headers=basic(email))
-        assert r.status_code == 201, r.text
-        return r.json()
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
-from conftest import Api, basic
 from fastapi.testclient import TestClient
+
+from .posts_api_helpers import Api, basic
 
 POST = {"title": "Hello", "content": "first post"}
 

@@ -4,10 +4,10 @@ hash and never comes back."""
 from __future__ import annotations
 
 import psycopg
-from conftest import PASSWORD, Api, basic
 from fastapi.testclient import TestClient
-
 from posts_api.passwords import verify_password
+
+from .posts_api_helpers import PASSWORD, Api, basic
 
 
 def stored_hash(url: str, email: str) -> str:

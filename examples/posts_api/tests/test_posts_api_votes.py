@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import Api, basic
 from fastapi.testclient import TestClient
+
+from .posts_api_helpers import Api, basic
 
 
 def votes(client: TestClient, post_id: int) -> int:
