@@ -153,3 +153,16 @@ def _outside_env() -> dict[str, str]:
     for key in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
         env.pop(key, None)
     return env
+
+
+def test_the_example_extra_matches_the_examples_requirements():
+    """CI installs the example's dependencies through the extra; a reader installs them from
+    requirements.txt: the two must say the same."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["example"]
+    listed = [ln.strip() for ln in (root / "examples/posts_api/requirements.txt").read_text()
+              .splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert sorted(extra) == sorted(listed)
