@@ -97,3 +97,24 @@ def test_the_github_actions_example_runs_its_dbkit_steps(app, admin_conn):
 
     with psycopg.connect(**DbURL.parse(env["DATABASE_URL"]).connect_kwargs()) as conn:
         assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == 10  # set up, seeded
+
+
+# Where README's shell blocks live, and the test that runs each one as written.
+RUN_BY = {
+    "## Two commands": "test_readme.py (the run command on a fresh copy; the test command is "
+                       "CI itself, checked by test_ci_runs_the_readme_test_command)",
+    "### Use it from your app": "examples/posts_api/tests/test_posts_api_walkthrough.py",
+}
+
+
+def test_every_shell_block_in_the_readme_is_run_by_a_test():
+    """A shell block added anywhere else in README would be one no test runs."""
+    text = (REPO / "README.md").read_text()
+    sections = re.split(r"(?m)^(?=#{2,3} )", text)
+    for section in sections:
+        blocks = re.findall(r"```(?:sh|bash|shell|console)\n", section)
+        if blocks:
+            heading = section.splitlines()[0]
+            assert heading in RUN_BY, f"README section {heading!r} has a shell block no test runs"
+    walkthrough = (REPO / "examples/posts_api/tests/test_posts_api_walkthrough.py").read_text()
+    assert "### Use it from your app" in walkthrough  # that test reads this very section
