@@ -135,3 +135,10 @@ def test_bash_completion_completes_commands_and_options(app):
 def test_zsh_and_fish_scripts_call_back_into_dbkit(app, shell: str):
     r = app.cli("completion", shell)
     assert r.code == 0 and f"_DBKIT_COMPLETE={shell}_complete" in r.out.replace('"', "")
+
+
+@pytest.mark.parametrize("args", [[], ["testdb"], ["server"]])
+def test_a_group_alone_prints_its_help_not_an_error(app, args: list[str]):
+    r = app.cli(*args)
+    assert r.code == 2 and r.out.startswith("Usage: dbkit") and "Commands:" in r.out
+    assert "dbkit: error" not in r.output

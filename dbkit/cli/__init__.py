@@ -44,6 +44,9 @@ def run(argv: list[str] | None = None) -> int:
             return 143
         click.echo("dbkit: aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # `dbkit`, `dbkit testdb` alone
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return 2
     except click.UsageError as exc:  # a bad option or argument: dbkit's one-line form, exit 2
         where = exc.ctx.command_path if exc.ctx is not None else "dbkit"
         click.echo(one_line(f"dbkit: error: {exc.format_message()} (hint: see "
