@@ -25,7 +25,7 @@ import re
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -237,27 +237,32 @@ def run(command: str, targets: Sequence[DbURL], settings: Settings, work: Work,
 def _walk(order: list[int], targets: Sequence[DbURL], settings: Settings, work: Work,
           options: FleetOptions, pool: ThreadPoolExecutor, stop: _Stop,
           finish: Callable[[int, Outcome], None], report: FleetReport) -> None:
-    servers = [server_of(t, settings) for t in targets]
+    """Start targets in file order, skipping over those whose server is at its cap (they
+    start as soon as it has room): every server is kept busy up to its cap and none gets
+    more."""
+    queues: dict[tuple[str, int], deque[int]] = {}
+    for i in order:
+        queues.setdefault(server_of(targets[i], settings), deque()).append(i)
     busy: Counter[tuple[str, int]] = Counter()
-    running: dict[Future[Outcome], int] = {}
-    queue = list(order)
-    while queue or running:
-        if not stop.is_set():
-            for i in list(queue):
-                if len(running) >= options.parallel:
-                    break
-                if busy[servers[i]] >= options.per_server:
-                    continue
-                queue.remove(i)
-                busy[servers[i]] += 1
-                running[pool.submit(_one, targets[i], settings, work)] = i
-        elif not running:
+    running: dict[Future[Outcome], tuple[int, tuple[str, int]]] = {}
+    while running or (any(queues.values()) and not stop.is_set()):
+        while not stop.is_set() and len(running) < options.parallel:
+            # the earliest target in the file whose server has room
+            free = [q for server, q in queues.items() if q and busy[server] < options.per_server]
+            if not free:
+                break
+            queue = min(free, key=lambda q: q[0])
+            i = queue.popleft()
+            server = server_of(targets[i], settings)
+            busy[server] += 1
+            running[pool.submit(_one, targets[i], settings, work)] = (i, server)
+        if not running:
             break
         # A short wait, so a signal is noticed between completions.
         finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
         for future in finished:
-            i = running.pop(future)
-            busy[servers[i]] -= 1
+            i, server = running.pop(future)
+            busy[server] -= 1
             outcome = future.result()
             finish(i, outcome)
             if options.fail_fast and outcome.exit_code not in (0, PendingMigrations.exit_code) \

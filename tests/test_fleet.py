@@ -488,3 +488,33 @@ def test_a_pattern_line_stands_for_every_matching_database_on_that_server(app, s
     path.write_text(small_fleet.url(0, "nomatch_*").render(reveal=True) + "\n")
     r = app.cli("status", "--targets", str(path), "--migrations", str(migrations))
     assert r.code == 3 and "no database on" in r.err and small_fleet.password not in r.err
+
+
+def test_the_per_server_cap_holds_while_both_servers_work(app, small_fleet):
+    """At most --per-server sessions of the walk on one server at once, whatever --parallel
+    allows; watched from the servers' own pg_stat_activity."""
+    import threading
+
+    from dbkit import fleet
+
+    targets = [small_fleet.url(s, d) for s, d in small_fleet.dbs]
+    seen: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def work(target) -> Outcome:  # noqa: ANN001
+        with psycopg.connect(**target.url.connect_kwargs(), application_name="fleet-cap") as c:
+            c.execute("SELECT pg_sleep(0.3)")
+            port = target.url.port
+            with psycopg.connect(**small_fleet.servers[0 if port == small_fleet.servers[0].port
+                                                      else 1].connect_kwargs()) as admin:
+                n = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                  "application_name = 'fleet-cap'").fetchone()[0]
+            with lock:
+                seen[port] = max(seen.get(port, 0), n)
+        return Outcome("", "ok")
+
+    report = fleet.run("probe", targets, Settings(), work,
+                       fleet.FleetOptions(parallel=6, per_server=2))
+    assert report.counts == {"ok": 6}
+    assert set(seen) == {s.port for s in small_fleet.servers}
+    assert all(n <= 2 for n in seen.values()), seen

@@ -71,6 +71,9 @@ def progress(as_json: bool) -> Progress | None:
 
 def finish(report: FleetReport, as_json: bool) -> None:
     """Print the summary (or the JSON) and leave with the fleet's exit code."""
+    if not as_json and sys.stderr.isatty() and len(report.outcomes) > \
+            sum(1 for o in report.outcomes if o.outcome != "skipped"):
+        click.echo(err=True)  # the bar stopped short of its end, and of its newline
     emit(report.as_dict(), as_json, summary(report))
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)
