@@ -527,6 +527,9 @@ def wait_ready(url: DbURL, settings: Settings, timeout_ms: int) -> float:
                     else "no response")
         left = deadline - time.monotonic()
         if left <= 0:
+            if primary and status is None:  # servers answered, but none would take writes
+                raise NoPrimary(f"no read-write server at {url} within {timeout_ms / 1000:g}s "
+                                f"({last})")
             raise ConnectError(f"server at {url} did not accept connections within "
                                f"{timeout_ms / 1000:g}s ({last})",
                                hint="check the host/port and that the server is running")

@@ -16,7 +16,9 @@ def wait(timeout: float, as_json: bool) -> None:
 
     Waits for DBKIT_ADMIN_URL's server (or PG* variables', else DATABASE_URL's). Like
     pg_isready, no login is needed: exit 0 as soon as the server answers, exit 4 after the
-    timeout."""
+    timeout. When the URL asks for a read-write server (target_session_attrs=read-write or
+    primary, as HA URLs with several hosts do), a standby's answer does not count: dbkit logs
+    in to tell, so a wrong password fails at once."""
     from dbkit import admin
     from dbkit.db import wait_ready
 
