@@ -14,6 +14,8 @@ connects, runs a query and sleeps out the rest of the 20 ms (the no-database var
          template check and the pool's final drops included), median over rounds, and its ratio
          to the no-database suite and to the same work on one shared database (what connecting
          and querying cost by themselves, which no fixture can hide).
+Then, on each server, ``testdb create --count 20`` with its clones made on one admin connection
+(as before issue 16) against its default number at once.
 Goals (issue 16): fsync off, pool: wait p50 <= 5 ms, p95 <= 20 ms, suite <= 1.15x no database;
 durable: pool wait >= 3x shorter than the raw fixture's.
 
@@ -276,6 +278,33 @@ def one_server(kind: str, admin: Any, variants: list[str], n: int, rounds: int,
     return rows
 
 
+def create_count(kind: str, admin: Any, count: int = 20, rounds: int = 5) -> dict[str, object]:
+    """``dbkit testdb create --count 20`` (the library call) making its clones on one admin
+    connection, as it did before issue 16 (the floor), and on its default number at once,
+    taking turns; each run starts from none of them existing."""
+    from dbkit.settings import Settings
+    from dbkit.testdb import commands
+
+    with tempfile.TemporaryDirectory(prefix="dbkit-bench-") as tmp:
+        settings = Settings.load(flags={"admin_url": admin.render(reveal=True),
+                                        "migrations": str(MIGRATIONS)}, environ={}, cwd=Path(tmp))
+        commands.create(settings, admin, prefix="bench_warm_")  # the template
+        times: dict[int, list[float]] = {1: [], commands.CONNECTIONS: []}
+        for i in range(rounds):
+            for k in (times if i % 2 == 0 else list(times)[::-1]):
+                commands.drop(settings, admin, prefix="bench_cc_")
+                times[k].append(commands.create(settings, admin, count=count, prefix="bench_cc_",
+                                                connections=k).seconds)
+        commands.drop(settings, admin, prefix="bench_cc_")
+        commands.drop(settings, admin, prefix="bench_warm_")
+    one, par = (statistics.median(times[k]) for k in times)
+    print(f"\n## {kind}: testdb create --count {count}, median of {rounds}\n")
+    print(f"- one connection: {one * 1000:.0f} ms; {commands.CONNECTIONS} at once: "
+          f"{par * 1000:.0f} ms ({one / par:.2f}x faster)")
+    return {"server": kind, "variant": f"create --count {count}", "one_connection_s": one,
+            "parallel_s": par, "speedup": round(one / par, 2)}
+
+
 def goals(rows: list[dict[str, object]]) -> None:
     by = {(r["server"], r["variant"]): r for r in rows}
     fast, durable = by.get(("fsync off", "pool")), by.get(("durable", "pool"))
@@ -307,8 +336,10 @@ def main(n: int | None = None, rounds: int | None = None) -> list[dict[str, obje
     rows: list[dict[str, object]] = []
     with cluster(os.environ.get("DBKIT_TEST_ADMIN_URL")) as admin:
         rows += one_server("fsync off", admin, variants, n, rounds, extra)
+        rows.append(create_count("fsync off", admin))
     with durable_cluster() as admin:
         rows += one_server("durable", admin, variants, n, rounds, extra)
+        rows.append(create_count("durable", admin))
     goals(rows)
     save("testdb", rows)
     return rows

@@ -3,6 +3,7 @@ the migration files, all-or-nothing resets, and waiting for a server that is not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -132,6 +133,131 @@ def test_create_stopped_half_way_leaves_none_of_its_databases(app, admin_conn, m
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "terminated" in err, err
     assert [d for d in dbs_with(admin_conn, prefix) if not d.startswith(prefix + "warm")] == []
+
+
+def _spawn_create(app, migrations: Path, *args: str):
+    """``dbkit testdb create`` as a real process (so signals reach it as they would in CI)."""
+    import subprocess
+    import sys
+
+    from helpers import clean_env
+
+    env = clean_env(**{k: v for k, v in app.env(DBKIT_MIGRATIONS=str(migrations)).items()
+                       if v is not None})
+    return subprocess.Popen([sys.executable, "-m", "dbkit", "testdb", "create", *args],
+                            cwd=app.cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+@contextlib.contextmanager
+def template_held(admin_url: DbURL, template: str) -> Iterator[None]:
+    """Every CREATE DATABASE … TEMPLATE ``template`` waits while this lasts: an open COMMENT
+    ON DATABASE holds a lock on the template that conflicts with the one a clone takes. So the
+    clones a run has in flight can be counted, and a failure can land while they are."""
+    with psycopg.connect(**admin_url.connect_kwargs()) as held:
+        note = held.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                            " WHERE datname = %s", (template,)).fetchone()
+        held.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(template), sql.Literal(note[0] if note else None)))
+        try:
+            yield
+        finally:
+            held.rollback()
+
+
+def clones_waiting(conn: psycopg.Connection, template: str) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE 'CREATE DATABASE %%' AND query LIKE %s",
+        (f"%TEMPLATE \"{template}\"%",)).fetchone()[0]
+
+
+def wait_until(check, what: str, proc=None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"dbkit exited before {what}: {proc.communicate()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_create_makes_its_clones_four_at_a_time_all_at_the_latest_schema(app, admin_conn,
+                                                                         migrations):
+    """N=6: four clones in flight at once (no more: the documented budget), then all six, in
+    order, each at the latest schema."""
+    prefix = unique_name("par") + "_"
+    warm = app.cli("testdb", "create", "--prefix", prefix + "warm", "--json",
+                   DBKIT_MIGRATIONS=str(migrations))  # builds the template
+    assert warm.code == 0, warm.output
+    app.extra_dbs.append(prefix + "warm1")
+    tpl = json.loads(warm.out)["template"]
+    app.extra_dbs += [f"{prefix}{i}" for i in range(1, 7)]
+    with template_held(app.pg, tpl):
+        proc = _spawn_create(app, migrations, "--count", "6", "--prefix", prefix, "--json",
+                             "--reveal")
+        wait_until(lambda: clones_waiting(admin_conn, tpl) >= 4, "four clones in flight", proc)
+        time.sleep(0.2)  # room for a fifth, were there one
+        assert clones_waiting(admin_conn, tpl) == 4
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["databases"] == [f"{prefix}{i}" for i in range(1, 7)]
+    assert dbs_with(admin_conn, prefix + "") == sorted([*result["databases"], prefix + "warm1"])
+    for url in result["urls"]:
+        s = schema_of(DbURL.parse(url))
+        assert s["user"] == testdb.OWNER and s["tables"] == ["posts", "users", "votes"]
+        assert {"posts_owner_id_idx", "votes_user_id_idx", "users_email_lower_key"} <= s["indexes"]
+
+
+def test_create_interrupted_by_ctrl_c_leaves_none_of_its_databases(app, admin_conn, migrations):
+    """SIGINT once the first clone is there: every clone landed or in flight is dropped."""
+    import signal
+
+    prefix = unique_name("int") + "_"
+    assert app.cli("testdb", "create", "--prefix", prefix + "warm",  # build the template first
+                   DBKIT_MIGRATIONS=str(migrations)).code == 0
+    app.extra_dbs.append(prefix + "warm1")
+    proc = _spawn_create(app, migrations, "--count", "1000", "--prefix", prefix)
+    app.extra_dbs += [f"{prefix}{i}" for i in range(1, 1001)]
+    wait_until(lambda: any(not d.startswith(prefix + "warm") for d in dbs_with(admin_conn, prefix)),
+               "the first clone", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert [d for d in dbs_with(admin_conn, prefix) if not d.startswith(prefix + "warm")] == []
+
+
+def test_create_failing_on_one_clone_drops_the_others_even_those_in_flight(app, admin_conn,
+                                                                          migrations):
+    """PREFIX2 is a template database (a test role's, so not refused up front): replacing it
+    fails while the clones of PREFIX1, 3 and 4 are still waiting in CREATE DATABASE. The run
+    fails in one line and leaves none of them, then or after they would have landed."""
+    prefix = unique_name("bad") + "_"
+    warm = app.cli("testdb", "create", "--prefix", prefix + "warm", "--json",
+                   DBKIT_MIGRATIONS=str(migrations))
+    assert warm.code == 0, warm.output
+    app.extra_dbs.append(prefix + "warm1")
+    tpl = json.loads(warm.out)["template"]
+    bad = f"{prefix}2"
+    admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+        sql.Identifier(bad), sql.Identifier(testdb.OWNER)))
+    admin_conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(
+        sql.Identifier(bad)))
+    app.extra_dbs += [f"{prefix}{i}" for i in range(1, 9)]
+    try:
+        with template_held(app.pg, tpl):
+            proc = _spawn_create(app, migrations, "--count", "8", "--prefix", prefix)
+            _, err = proc.communicate(timeout=60)  # it fails while the others wait on the lock
+            assert proc.returncode not in (0, 1), err
+            assert err.count("\n") == 1 and "template database" in err, err
+            assert clones_waiting(admin_conn, tpl) == 0  # their sessions were ended
+            assert [d for d in dbs_with(admin_conn, prefix) if "warm" not in d] == [bad]
+        time.sleep(0.2)
+        assert [d for d in dbs_with(admin_conn, prefix) if "warm" not in d] == [bad]
+    finally:
+        pg.drop_database(admin_conn, bad, template=True)
 
 
 def test_create_twice_replaces_and_text_output_masks_password(app, admin_conn, migrations):
