@@ -313,11 +313,9 @@ def test_passwords_may_come_from_a_pgpass_file(app, small_fleet, migrations, tmp
 
 # -- multi-host URLs -------------------------------------------------------------------------
 def _dead_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on: port 1 (tcpmux) is never a PostgreSQL's, unlike a random
+    free port, which another test's new cluster may take a moment later."""
+    return 1
 
 
 def test_a_multi_host_url_with_a_dead_first_host_migrates_on_the_live_one(created, migrations):
