@@ -83,6 +83,9 @@ def test_a_yoyo_lock_row_is_reported_not_broken(created):
         conn.commit()
     r = app.cli("migrate", "--lock-timeout", "300ms")
     assert r.code == 9 and "process 4242" in r.err and "yoyo break-lock" in r.err
+    import re
+
+    assert re.search(r"\(since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)", r.err), r.err  # one format
     with app.connect() as conn:
         conn.execute("DELETE FROM yoyo_lock")
         conn.commit()

@@ -31,6 +31,7 @@ from dbkit.db import connect, value
 from dbkit.errors import LockTimeout
 from dbkit.migrate.bookkeeping import YOYO_LOCK
 from dbkit.replicas import refuse_standby
+from dbkit.timestamps import iso
 from dbkit.urls import with_app
 
 if TYPE_CHECKING:
@@ -98,10 +99,11 @@ class MigrationLock:
                     sql.Identifier(YOYO_LOCK))).fetchone()
                 conn.execute("ROLLBACK")
                 if deadline is not None and time.monotonic() >= deadline:
-                    pid, since = holder if holder else ("?", "?")
+                    pid, since = holder if holder else ("?", None)
                     raise LockTimeout(
-                        f"yoyo's lock row in {YOYO_LOCK} is held by process {pid} (since {since} "
-                        f"UTC) on {self.url.dbname}; gave up after {self.wait_ms / 1000:g}s",
+                        f"yoyo's lock row in {YOYO_LOCK} is held by process {pid} (since "
+                        f"{iso(since, fraction=False) or '?'}) on {self.url.dbname}; gave up "
+                        f"after {self.wait_ms / 1000:g}s",
                         hint="wait for that yoyo process; if none is running, remove the stale "
                         "row with: yoyo break-lock")
                 time.sleep(0.2)
