@@ -213,20 +213,26 @@ def run(command: str, targets: Sequence[DbURL], settings: Settings, work: Work,
 
     order = list(range(len(targets)))
     canaries, rest = order[:options.canary], order[options.canary:]
-    with _signals() as stop, ThreadPoolExecutor(max_workers=options.parallel,
-                                                thread_name_prefix="dbkit-fleet") as pool:
-        # Canaries one at a time: the first failure stops everything, so nothing but the
-        # canaries tried so far has changed.
-        for i in canaries:
-            if stop.is_set():
-                break
-            outcome = _one(targets[i], settings, work)
-            finish(i, outcome)
-            if outcome.exit_code not in (0, PendingMigrations.exit_code):
-                report.stopped_why = f"canary {outcome.target} failed; no other target started"
-                stop.set()
-        if not stop.is_set():
-            _walk(rest, targets, settings, work, options, pool, stop, finish, report)
+    naming = _NameTarget()
+    log.addFilter(naming)
+    try:
+        with _signals() as stop, ThreadPoolExecutor(max_workers=options.parallel,
+                                                    thread_name_prefix="dbkit-fleet") as pool:
+            # Canaries one at a time: the first failure stops everything, so nothing but the
+            # canaries tried so far has changed.
+            for i in canaries:
+                if stop.is_set():
+                    break
+                outcome = _one(targets[i], settings, work)
+                finish(i, outcome)
+                if outcome.exit_code not in (0, PendingMigrations.exit_code):
+                    report.stopped_why = (f"canary {outcome.target} failed; no other target "
+                                          "started")
+                    stop.set()
+            if not stop.is_set():
+                _walk(rest, targets, settings, work, options, pool, stop, finish, report)
+    finally:
+        log.removeFilter(naming)
     report.stopped_by = stop.signal_name
     for i, target in enumerate(targets):
         report.outcomes.append(slots[i] or Outcome(str(target), "skipped"))
@@ -277,6 +283,8 @@ def _one(url: DbURL, settings: Settings, work: Work) -> Outcome:
 
     start = time.monotonic()
     shown = str(url)
+    host, port = server_of(url, settings)
+    _current.where = f"{host}:{port}/{url.dbname}"
     try:
         outcome = work(Target.of(url, settings))
     except DbkitError as exc:
@@ -286,6 +294,8 @@ def _one(url: DbURL, settings: Settings, work: Work) -> Outcome:
         outcome = _failed(refused) if refused is not None else Outcome(
             "", "error", 1, error=f"unexpected error: {exc.__class__.__name__}: "
             f"{mask_secrets(first_line(exc))}")
+    finally:
+        _current.where = None
     outcome.target = shown
     outcome.seconds = time.monotonic() - start
     return outcome
@@ -297,6 +307,20 @@ def _failed(exc: DbkitError) -> Outcome:
             "drift" if isinstance(exc, DriftDetected) else "error")
     return Outcome("", kind, exc.exit_code,
                    error=" ".join(mask_secrets(f"{exc.message} (hint: {exc.hint})").split()))
+
+
+_current = threading.local()  # the target a fleet thread works on, for its log lines
+
+
+class _NameTarget(logging.Filter):
+    """Prefix what a fleet thread logs with its target: eight targets' "applying 0002" lines
+    interleaved say nothing otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        where = getattr(_current, "where", None)
+        if where is not None:
+            record.msg, record.args = f"{where}: {record.getMessage()}", ()
+        return True
 
 
 class _Stop(threading.Event):

@@ -516,3 +516,14 @@ def test_the_per_server_cap_holds_while_both_servers_work(app, small_fleet):
     assert report.counts == {"ok": 6}
     assert set(seen) == {s.port for s in small_fleet.servers}
     assert all(n <= 2 for n in seen.values()), seen
+
+
+def test_verbose_fleet_output_names_each_target_and_masks_every_password(app, small_fleet, migrations):
+    targets = small_fleet.write(app.cwd / "targets")
+    r = app.cli("-v", "migrate", "--targets", str(targets), "--migrations", str(migrations))
+    assert r.code == 0, r.output
+    applying = [ln for ln in r.err.splitlines() if "applying 0003_index" in ln]
+    assert len(applying) == 6  # one per target, each naming its database
+    assert {next(d for _, d in small_fleet.dbs if f"/{d}: " in ln) for ln in applying} == \
+        {d for _, d in small_fleet.dbs}
+    assert small_fleet.password not in r.output
