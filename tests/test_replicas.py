@@ -252,6 +252,7 @@ def _ha(app: App, *hosts: tuple[str, int], attrs: str = "read-write") -> str:
 def test_an_ha_url_listing_the_standby_first_migrates_on_the_primary(
         created: App, replica: StreamingReplica) -> None:
     primary = created.url
+    replica.catch_up()  # the standby must know the role, or the login there is the error
     url = _ha(created, ("127.0.0.1", replica.port), (str(primary.host), int(primary.port or 0)))
     r = created.cli("migrate", DATABASE_URL=url)
     assert r.code == 0, r.output
@@ -262,6 +263,7 @@ def test_an_ha_url_listing_the_standby_first_migrates_on_the_primary(
 def test_an_ha_url_where_only_the_standby_answers_is_exit_4_and_nothing_is_written(
         created: App, replica: StreamingReplica) -> None:
     dead = 1  # nothing listens on port 1 (a freed random port may be a new server's by now)
+    replica.catch_up()  # the standby must know the role created a moment ago on the primary
     url = _ha(created, ("127.0.0.1", dead), ("127.0.0.1", replica.port))
     r = created.cli("migrate", DATABASE_URL=url)
     assert r.code == 4, r.output
