@@ -229,6 +229,15 @@ def test_doctor_reports_an_idle_slot_and_fails_a_lost_one(
             conn.execute("CREATE TABLE bulk AS SELECT g, repeat('x', 100) AS pad"
                          " FROM generate_series(1, 300000) g")
         admin_conn.execute("SELECT pg_switch_wal()")
+        # A streaming replica of this cluster (another test's) has no slot: let it receive
+        # everything first, or the checkpoint removes WAL it still needs and breaks it for
+        # every later test; only the idle slot is to lose its WAL.
+        deadline = time.monotonic() + 30
+        while admin_conn.execute(
+                "SELECT count(*) FROM pg_stat_replication WHERE flush_lsn IS NULL"
+                " OR flush_lsn < pg_current_wal_lsn()").fetchone()[0] and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
         admin_conn.execute("CHECKPOINT")
         code, checks = doctor(created)
         assert code == 17
