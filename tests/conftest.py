@@ -152,6 +152,14 @@ def created(app: App) -> App:
     return app
 
 
+@pytest.fixture
+def migrated(created: App) -> App:
+    """``created`` with the posts migrations applied by ``dbkit migrate``."""
+    r = created.cli("migrate")
+    assert r.code == 0, r.output
+    return created
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """With a major chosen (DBKIT_TEST_PG_MAJOR / DBKIT_TEST_PG_BIN), its bin directory goes
     first on PATH: dbkit's own discovery (pg_config on PATH first) then finds the same major in

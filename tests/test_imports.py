@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import click
-import pytest
 from click.testing import CliRunner
 
 from dbkit.cli.common import COMMANDS, cli
@@ -48,13 +47,6 @@ def test_a_command_help_imports_no_driver():
     code, names, _ = imported(["migrate", "--help"])
     assert code == 0
     assert not names & set(HEAVY), names & set(HEAVY)
-
-
-@pytest.fixture
-def migrated(created):
-    r = created.cli("migrate")
-    assert r.code == 0, r.output
-    return created
 
 
 def test_status_check_on_an_up_to_date_database_imports_no_yoyo_no_parser(migrated):

@@ -26,13 +26,6 @@ READERS = [("migrate",), ("rollback",), ("seed",), ("setup", "--no-seed"), ("res
            ("testdb", "create", "--prefix", "lt_"), ("verify", "--accept", "0001_create_posts")]
 
 
-@pytest.fixture
-def migrated(created):
-    r = created.cli("migrate")
-    assert r.code == 0, r.output
-    return created
-
-
 def test_one_means_one_second_for_migrate(created):
     # Migrations pending: the run needs the lock (a no-op migrate takes none).
     with created.connect(autocommit=True) as holder:

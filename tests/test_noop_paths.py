@@ -12,18 +12,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-import pytest
 
 from dbkit.migrate import commands
 from dbkit.migrate.files import packaged_dir
 from dbkit.settings import Settings
-
-
-@pytest.fixture
-def migrated(created):
-    r = created.cli("migrate")
-    assert r.code == 0, r.output
-    return created
 
 
 @contextmanager

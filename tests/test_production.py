@@ -14,12 +14,6 @@ def catalog(conn, db: str) -> tuple:
     return dbs
 
 
-@pytest.fixture
-def migrated(created):
-    assert created.cli("migrate").code == 0
-    return created
-
-
 def tables(app) -> list[str]:
     with app.connect() as conn:
         return [r[0] for r in conn.execute(

@@ -13,21 +13,11 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 from cluster import unique_name
 from psycopg import sql
 
 SYNTH = ("--users", "500", "--posts", "50000", "--votes", "20000", "--seed", "7")
 TABLES = ("users", "posts", "votes")
-
-
-@pytest.fixture
-def migrated(app):
-    r = app.cli("create")
-    assert r.code == 0, r.output
-    r = app.cli("migrate")
-    assert r.code == 0, r.output
-    return app
 
 
 def counts(app, dbname: str | None = None) -> dict[str, int]:
